@@ -1,0 +1,52 @@
+"""The agent's first steps, before asyncio or the web stack is imported.
+
+Everything on the path to the dependency install is synchronous and imports little: read the snapshot,
+unpack it, start npm. npm then runs while the rest of the agent loads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from velocity.agent.commands import install_command
+from velocity.agent.config import AgentConfig
+from velocity.agent.logs import LogBuffer
+from velocity.agent.processes import start
+from velocity.agent.snapshot import extract, fetch
+from velocity.domain.errors import PreviewError
+
+
+@dataclass(slots=True)
+class Boot:
+    """What the first steps left for the supervisor."""
+
+    install: subprocess.Popen[bytes] | None = None
+    install_started: float = 0.0
+    fetch_ms: float | None = None
+    error: str | None = None  # the preview failed before there was anything to supervise
+
+
+def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
+    result = Boot()
+    try:
+        if config.snapshot_url is not None:
+            began = time.monotonic()
+            data = fetch(config.snapshot_url, config.token)
+            members = extract(data, config.workspace)
+            result.fetch_ms = round((time.monotonic() - began) * 1000, 1)
+            logs.agent(f"snapshot: {members} entries, {len(data)} bytes in {result.fetch_ms:.0f} ms")
+        command = install_command(config.workspace, os.environ)
+        if command is None:
+            logs.agent("no package.json: nothing to install")
+        else:
+            result.install_started = time.monotonic()
+            result.install = start(
+                command.argv, cwd=config.workspace, env=command.env, logs=logs, label="install"
+            )
+    except PreviewError as exc:
+        result.error = exc.message
+        logs.agent(f"failed: {exc.message}")
+    return result

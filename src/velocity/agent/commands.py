@@ -1,0 +1,107 @@
+"""Which commands install a project and start its dev server."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from velocity.domain.errors import BadRequest
+
+_NPM_FLAGS = ("--prefer-offline", "--no-audit", "--no-fund")
+VITE_ENTRY = "node_modules/vite/bin/vite.js"
+# Shell syntax in a dev script means it is more than one vite invocation: let npm run it as written.
+_SHELL_SYNTAX = frozenset("&|;<>()$`")
+# Flags the agent sets itself; a second copy would make Vite's argument parser return a list.
+_OWNED_VALUE_FLAGS = ("--host", "--port")
+_OWNED_FLAGS = ("--strictPort", "--strict-port")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+    def __str__(self) -> str:
+        return shlex.join(self.argv)
+
+
+def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment minus its own settings, AGENT_TOKEN above all: user code must not see them."""
+    env = {name: value for name, value in base.items() if not name.startswith("AGENT_")}
+    env.pop("SNAPSHOT_URL", None)
+    # npm would otherwise ask the registry whether a newer npm exists, on every start.
+    env["npm_config_update_notifier"] = "false"
+    return env
+
+
+def read_package(workspace: Path) -> dict[str, Any] | None:
+    path = workspace / "package.json"
+    try:
+        package = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"package.json is not valid JSON: {exc}") from exc
+    if not isinstance(package, dict):
+        raise BadRequest("package.json must hold a JSON object")
+    return package
+
+
+def install_command(workspace: Path, env: Mapping[str, str]) -> Command | None:
+    """``npm ci`` from a lockfile into an empty node_modules, ``npm install`` otherwise, nothing
+    without a package.json. ``npm ci`` deletes node_modules first, so a node_modules the provider
+    placed there already (hard-linked from a warm copy) is kept by using ``npm install`` instead."""
+    if read_package(workspace) is None:
+        return None
+    locked = (workspace / "package-lock.json").is_file() or (workspace / "npm-shrinkwrap.json").is_file()
+    verb = "ci" if locked and not (workspace / "node_modules").exists() else "install"
+    return Command(("npm", verb, *_NPM_FLAGS), child_env(env))
+
+
+def dev_command(workspace: Path, port: int, env: Mapping[str, str]) -> Command:
+    """Vite runs from its own entry file (``npx`` or ``npm run`` would add about 250 ms and 76 MB);
+    anything else runs as ``npm run dev`` with ``PORT`` and ``HOST`` set."""
+    package = read_package(workspace)
+    if package is None:
+        raise BadRequest("the project has no package.json, so there is no dev server to start")
+    scripts = package.get("scripts")
+    script = scripts.get("dev") if isinstance(scripts, dict) else None
+    if not isinstance(script, str) or not script.strip():
+        raise BadRequest('package.json has no "dev" script: add one that starts the dev server')
+    base = child_env(env) | {"PORT": str(port), "HOST": "127.0.0.1", "BROWSER": "none"}
+    words = _plain_vite(script)
+    if words is not None and (workspace / VITE_ENTRY).is_file():
+        args = (*_without_owned_flags(words[1:]), "--host", "127.0.0.1", "--port", str(port), "--strictPort")
+        return Command(("node", VITE_ENTRY, *args), base)
+    return Command(("npm", "run", "dev"), base)
+
+
+def _plain_vite(script: str) -> list[str] | None:
+    if _SHELL_SYNTAX.intersection(script):
+        return None
+    try:
+        words = shlex.split(script)
+    except ValueError:
+        return None
+    return words if words and words[0] == "vite" else None
+
+
+def _without_owned_flags(args: list[str]) -> list[str]:
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        if arg in _OWNED_VALUE_FLAGS:
+            skip_value = True  # its value, if any, is the next word
+        elif arg.startswith(tuple(f"{flag}=" for flag in _OWNED_VALUE_FLAGS)) or arg in _OWNED_FLAGS:
+            continue
+        else:
+            kept.append(arg)
+    return kept

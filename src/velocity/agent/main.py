@@ -1,0 +1,41 @@
+"""The agent's start-up sequence, ordered for speed.
+
+Order matters: read the configuration, fetch and unpack the snapshot and start the dependency install
+with little more than the standard library loaded; only then import asyncio, the supervisor and the web
+stack (uvicorn), which load while npm runs. The reverse proxy's imports (httpx) follow in a thread once
+``/health`` answers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from velocity.agent.boot import boot
+from velocity.agent.config import AgentConfig
+from velocity.agent.exits import ExitCode
+from velocity.agent.logs import LogBuffer
+from velocity.agent.versions import AGENT_VERSION, PROTOCOL
+from velocity.domain.errors import ConfigError
+
+
+def main(started: float | None = None) -> int:
+    """Run the agent; returns its exit code. ``started`` is when the process began its work."""
+    started = time.monotonic() if started is None else started
+    try:
+        config = AgentConfig.from_env(os.environ)
+        config.prepare_workspace()
+    except ConfigError as exc:
+        print(f"velocity-agent: {exc.message}", file=sys.stderr)
+        return ExitCode.CONFIG
+    logs = LogBuffer()
+    logs.agent(f"velocity agent {AGENT_VERSION} (protocol {PROTOCOL}) for project {config.project_id}")
+    first_steps = boot(config, logs)
+
+    # From here on, loading overlaps the install.
+    import asyncio
+
+    from velocity.agent.runtime import run
+
+    return asyncio.run(run(config, logs, first_steps, started))

@@ -1,0 +1,89 @@
+"""The agent once its install runs: supervise, serve, and stop cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+from velocity.agent.app import AgentApp
+from velocity.agent.boot import Boot
+from velocity.agent.config import AgentConfig
+from velocity.agent.exits import ExitCode
+from velocity.agent.logs import LogBuffer
+from velocity.agent.state import AgentState, Status
+from velocity.agent.supervisor import Supervisor
+from velocity.domain.errors import PreviewError
+
+
+async def run(config: AgentConfig, logs: LogBuffer, boot: Boot, started: float) -> ExitCode:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    status = Status(config.project_id, started=started)
+    status.timings.fetch_ms = boot.fetch_ms
+    supervisor = Supervisor(
+        config.workspace,
+        status,
+        logs,
+        env=os.environ,
+        dev_port=config.dev_port,
+        install=boot.install,
+        install_started=boot.install_started,
+    )
+    if boot.error is not None:
+        status.fail(boot.error)
+    else:
+        status.set_state(AgentState.INSTALLING)
+    supervising = asyncio.create_task(supervisor.run()) if boot.error is None else None
+
+    from velocity.agent.server import AgentServer  # the web stack, while npm runs
+
+    app = AgentApp(status, logs)
+    server = AgentServer(app, socket_path=config.socket, port=config.port)
+    try:
+        await server.start()
+    except PreviewError as exc:
+        logs.agent(f"failed: {exc.message}")
+        await _cancel(supervising)
+        return ExitCode.FAILED
+    status.timings.serve_ms = Status.elapsed_ms(started)
+    logs.agent(f"serving on {config.listen_on} after {status.timings.serve_ms:.0f} ms")
+    loader = asyncio.create_task(app.load_proxy())
+
+    code = await _until_done(supervising, stopping)
+    if code is not ExitCode.OK and not stopping.is_set():
+        # Keep answering /health for a moment, so that a poller learns why before the machine stops.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.linger_seconds):
+                await stopping.wait()
+    logs.agent(f"stopping (exit code {int(code)})")
+    status.close()
+    await _cancel(supervising)
+    await server.stop()
+    await _cancel(loader)
+    await app.aclose()
+    return code
+
+
+async def _until_done(supervising: asyncio.Task[ExitCode] | None, stopping: asyncio.Event) -> ExitCode:
+    """The supervisor's exit code if it gives up, OK if a signal asks the agent to stop first."""
+    if supervising is None:
+        return ExitCode.FAILED
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait({supervising, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if supervising.done():
+        return supervising.result()
+    return ExitCode.OK
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

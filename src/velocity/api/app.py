@@ -1,0 +1,136 @@
+"""The FastAPI application and its routes."""
+
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+import velocity
+from velocity.api import errors
+from velocity.api.schemas import (
+    CreatePreview,
+    ErrorOut,
+    Health,
+    LogLine,
+    Logs,
+    PreviewList,
+    PreviewOut,
+    ProjectList,
+    ProjectOut,
+)
+from velocity.auth import Caller, TokenIssuer
+from velocity.domain import Preview, Unauthorized
+from velocity.service import PreviewService, ProjectService
+from velocity.settings import Settings
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 410, 413, 422, 429, 502, 503)
+}
+
+
+def create_api(
+    *,
+    previews: PreviewService,
+    projects: ProjectService,
+    issuer: TokenIssuer,
+    settings: Settings,
+    provider_name: str,
+) -> FastAPI:
+    app = FastAPI(
+        title="Velocity Previews",
+        version=velocity.__version__,
+        description="Live previews of user code: one isolated machine per open project.",
+        responses=ERRORS,
+    )
+    errors.install(app)
+    bearer = HTTPBearer(auto_error=False)
+
+    async def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Caller:
+        if credentials is None:
+            raise Unauthorized("missing bearer token: send Authorization: Bearer <token> (velocity token)")
+        return issuer.verify(credentials.credentials)
+
+    async def user(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if who.is_agent:
+            raise Unauthorized("agent tokens cannot manage previews")
+        return who
+
+    User = Annotated[Caller, Depends(user)]
+    AnyCaller = Annotated[Caller, Depends(caller)]
+    PreviewPath = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="a preview id")]
+    ProjectPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="a project id")]
+
+    def out(preview: Preview) -> PreviewOut:
+        return PreviewOut.of(preview, settings.preview_url(preview.id))
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        return Health(status="ok", version=velocity.__version__, provider=provider_name)
+
+    @app.post("/v1/previews", response_model=PreviewOut, status_code=201, tags=["previews"])
+    async def create_preview(body: CreatePreview, who: User, response: Response) -> PreviewOut:
+        """Create a preview of a project; a second create for the same project returns the live one (200)."""
+        preview, created = await previews.create(who, body.project_id)
+        if not created:
+            response.status_code = 200
+        return out(preview)
+
+    @app.get("/v1/previews", response_model=PreviewList, tags=["previews"])
+    async def list_previews(who: User) -> PreviewList:
+        return PreviewList(previews=[out(p) for p in await previews.list_previews(who)])
+
+    @app.get("/v1/previews/{preview_id}", response_model=PreviewOut, tags=["previews"])
+    async def get_preview(preview_id: PreviewPath, who: User) -> PreviewOut:
+        """The preview; while booting, ``stage`` says what its agent is doing (installing, starting)."""
+        preview = await previews.get(who, preview_id)
+        return PreviewOut.of(preview, settings.preview_url(preview.id), await previews.stage(preview))
+
+    @app.delete("/v1/previews/{preview_id}", response_model=PreviewOut, tags=["previews"])
+    async def delete_preview(preview_id: PreviewPath, who: User) -> PreviewOut:
+        """Stop the preview and destroy its machine."""
+        return out(await previews.delete(who, preview_id))
+
+    @app.post("/v1/previews/{preview_id}/keepalive", response_model=PreviewOut, tags=["previews"])
+    async def keepalive(preview_id: PreviewPath, who: User) -> PreviewOut:
+        """Count as activity, so the idle timeout starts again."""
+        return out(await previews.keepalive(who, preview_id))
+
+    @app.get("/v1/previews/{preview_id}/logs", response_model=Logs, tags=["previews"])
+    async def logs(
+        preview_id: PreviewPath, who: User, tail: Annotated[int, Query(ge=1, le=2000)] = 200
+    ) -> Logs:
+        """The dev server's output (the machine's last lines once it has ended)."""
+        lines = await previews.logs(who, preview_id, tail=tail)
+        return Logs(preview_id=preview_id, lines=[LogLine(**line) for line in lines])
+
+    @app.put("/v1/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
+    async def import_project(
+        project_id: ProjectPath,
+        request: Request,
+        who: User,
+        name: Annotated[str, Query(max_length=200)] = "",
+    ) -> ProjectOut:
+        """Register or replace a project from a gzip tarball body (``application/gzip``)."""
+        archive = await request.body()
+        project = await projects.import_archive(who, project_id, name=name, archive=archive)
+        return ProjectOut.of(project)
+
+    @app.get("/v1/projects", response_model=ProjectList, tags=["projects"])
+    async def list_projects(who: User) -> ProjectList:
+        return ProjectList(projects=[ProjectOut.of(p) for p in await projects.list_projects(who)])
+
+    @app.get(
+        "/v1/projects/{project_id}/snapshot",
+        response_class=Response,
+        tags=["projects"],
+        responses={200: {"content": {"application/gzip": {}}}},
+    )
+    async def snapshot(project_id: ProjectPath, who: AnyCaller) -> Response:
+        """The project's files as a gzip tarball: for its owner and its previews' agents."""
+        data = await projects.snapshot(who, project_id)
+        return Response(content=data, media_type="application/gzip")
+
+    return app

@@ -1,0 +1,106 @@
+"""Request and response bodies of the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from velocity.domain import Preview, Project
+
+ProjectId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["my-app"])]
+PreviewId = Annotated[str, Field(pattern=r"^[a-z0-9]{12}$", examples=["k3v9x2m1q8ab"])]
+
+
+class CreatePreview(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project_id: ProjectId
+
+
+class PreviewOut(BaseModel):
+    id: str
+    project_id: str
+    state: str
+    stage: str
+    url: str
+    machine_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    ready_at: datetime | None
+    expires_at: datetime
+    last_activity_at: datetime
+    failure_reason: str | None
+    failure_logs: list[str]
+
+    @classmethod
+    def of(cls, preview: Preview, url: str, stage: str | None = None) -> PreviewOut:
+        return cls(
+            id=preview.id,
+            project_id=preview.project_id,
+            state=preview.state.value,
+            stage=stage or preview.state.value,
+            url=url,
+            machine_id=preview.machine_id,
+            created_at=preview.created_at,
+            updated_at=preview.updated_at,
+            ready_at=preview.ready_at,
+            expires_at=preview.expires_at,
+            last_activity_at=preview.last_activity_at,
+            failure_reason=preview.failure_reason,
+            failure_logs=list(preview.failure_logs),
+        )
+
+
+class PreviewList(BaseModel):
+    previews: list[PreviewOut]
+
+
+class LogLine(BaseModel):
+    stream: str
+    line: str
+    at: str | None = None
+
+
+class Logs(BaseModel):
+    preview_id: str
+    lines: list[LogLine]
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    file_count: int
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectOut:
+        return cls(
+            id=project.id,
+            name=project.name,
+            file_count=project.file_count,
+            size_bytes=project.size_bytes,
+            created_at=project.created_at,
+            updated_at=project.updated_at,
+        )
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectOut]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    provider: str

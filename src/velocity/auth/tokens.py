@@ -1,0 +1,117 @@
+"""Minting and verifying HS256 JWTs shaped like Supabase Auth's."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from velocity.domain import Unauthorized
+
+AGENT_ROLE = "agent"
+USER_AUDIENCE = "authenticated"
+AGENT_AUDIENCE = "velocity-agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified caller: a user (``role=authenticated``) or one preview's agent."""
+
+    subject: str
+    role: str
+    project_id: str | None = None
+    preview_id: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role == AGENT_ROLE
+
+
+class TokenIssuer:
+    def __init__(self, secret: str, *, issuer: str) -> None:
+        if len(secret) < 32:
+            raise ValueError("the JWT secret must be at least 32 characters")
+        self._secret = secret
+        self.issuer = issuer
+
+    def _encode(self, claims: dict[str, Any], ttl_seconds: float) -> str:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "iat": now, "exp": now + int(ttl_seconds), **claims}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def mint_user(self, user_id: str, *, ttl_seconds: float = 3600, email: str | None = None) -> str:
+        claims: dict[str, Any] = {"sub": user_id, "aud": USER_AUDIENCE, "role": "authenticated"}
+        if email:
+            claims["email"] = email
+        return self._encode(claims, ttl_seconds)
+
+    def mint_anon(self, *, ttl_seconds: float = 10 * 365 * 86400) -> str:
+        """The public anon key, as Supabase issues it (role ``anon``, no subject)."""
+        return self._encode({"role": "anon", "ref": "local"}, ttl_seconds)
+
+    def mint_agent(self, *, preview_id: str, project_id: str, ttl_seconds: float) -> str:
+        claims = {
+            "sub": f"agent:{preview_id}",
+            "aud": AGENT_AUDIENCE,
+            "role": AGENT_ROLE,
+            "project_id": project_id,
+            "preview_id": preview_id,
+        }
+        return self._encode(claims, ttl_seconds)
+
+    def verify(self, token: str) -> Caller:
+        """Verify signature, expiry, issuer and audience; anon and service keys are not callers."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed bearer token: expected a JWT") from None
+        if header.get("alg") != "HS256":
+            raise Unauthorized(f"unsupported token algorithm {header.get('alg')!r}; expected HS256")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=[USER_AUDIENCE, AGENT_AUDIENCE],
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "sub", "aud"]},
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired; mint a new one (velocity token)") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"token rejected: {exc}") from None
+        role = str(claims.get("role", ""))
+        if role == AGENT_ROLE and claims.get("aud") == AGENT_AUDIENCE:
+            return Caller(
+                subject=str(claims["sub"]),
+                role=role,
+                project_id=str(claims.get("project_id")),
+                preview_id=str(claims.get("preview_id")),
+            )
+        if role != "authenticated" or claims.get("aud") != USER_AUDIENCE:
+            raise Unauthorized(f"a token with role {role!r} cannot call this API; use a user access token")
+        return Caller(subject=str(claims["sub"]), role=role)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The local JWT secret: generated once, kept in a file only the owner can read."""
+    try:
+        return str(json.loads(path.read_text())["jwt_secret"])
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return load_or_create_secret(path)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"jwt_secret": secret}, handle)
+    return secret

@@ -1,0 +1,109 @@
+"""Frozen value types shared by the service, the providers and the API."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class PreviewState(enum.StrEnum):
+    PROVISIONING = "provisioning"  # row written, machine being made
+    BOOTING = "booting"  # machine up, dev server not serving yet
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # terminal
+    FAILED = "failed"  # terminal, with a reason and the last log lines
+
+
+TERMINAL_STATES = frozenset({PreviewState.STOPPED, PreviewState.FAILED})
+LIVE_STATES = frozenset(set(PreviewState) - TERMINAL_STATES)
+
+
+class MachineState(enum.StrEnum):
+    """Fly's machine states; the local provider maps its sandboxes onto the same words."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    SUSPENDING = "suspending"
+    SUSPENDED = "suspended"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    FAILED = "failed"
+
+    @property
+    def is_gone(self) -> bool:
+        return self in (MachineState.DESTROYING, MachineState.DESTROYED)
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpec:
+    """What a preview needs from a machine; each provider turns it into its own request."""
+
+    image: str
+    memory_mb: int
+    cpus: int
+    cpu_kind: str
+    internal_port: int
+    env: Mapping[str, str]
+    metadata: Mapping[str, str]
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    id: str
+    state: MachineState
+    metadata: Mapping[str, str]
+    created_at: datetime
+    region: str = "local"
+    private_ip: str | None = None
+    # Why the machine stopped, when it stopped on its own (exit status, out of memory...).
+    exit_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    id: str
+    user_id: str
+    project_id: str
+    state: PreviewState
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    expires_at: datetime
+    machine_id: str | None = None
+    ready_at: datetime | None = None
+    failure_reason: str | None = None
+    failure_logs: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project whose snapshot the orchestrator serves to agents (locally it holds the files)."""
+
+    id: str
+    owner_id: str
+    name: str
+    file_count: int
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewEvent:
+    """One line of a preview's history: a state it entered, or a step it reported."""
+
+    preview_id: str
+    at: datetime
+    state: PreviewState
+    detail: str | None = None

@@ -1,0 +1,58 @@
+"""When a preview has to end, and which machines nobody needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from velocity.domain import Machine, Preview, PreviewState
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    lifetime: timedelta  # MAX_CONTAINER_LIFETIME_MINUTES
+    idle: timedelta  # PREVIEW_IDLE_TIMEOUT_MINUTES
+    readiness: timedelta  # CONTAINER_TIMEOUT_SECONDS
+    max_per_user: int  # MAX_CONTAINERS_PER_USER
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with a live preview: stop it (it ran its course) or fail it (it never worked)."""
+
+    action: str  # "stop" | "fail"
+    reason: str
+
+
+def verdict(preview: Preview, now: datetime, limits: Limits) -> Verdict | None:
+    """``None`` while the preview may live on; otherwise why it must end."""
+    if not preview.is_live or preview.state == PreviewState.STOPPING:
+        return None
+    if now >= preview.expires_at:
+        lifetime = int(limits.lifetime.total_seconds() // 60)
+        return Verdict("stop", f"reached its maximum lifetime of {lifetime} min")
+    if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
+        if now - preview.created_at >= limits.readiness:
+            seconds = int(limits.readiness.total_seconds())
+            return Verdict("fail", f"not serving within {seconds} s (CONTAINER_TIMEOUT_SECONDS)")
+        return None
+    if now - preview.last_activity_at >= limits.idle:
+        minutes = limits.idle.total_seconds() / 60
+        return Verdict("stop", f"idle for {minutes:g} min (PREVIEW_IDLE_TIMEOUT_MINUTES)")
+    return None
+
+
+def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) -> list[Machine]:
+    """Machines of ours that no live preview owns: each is money burning."""
+    live = list(live)
+    owned = {p.machine_id for p in live if p.machine_id}
+    live_ids = {p.id for p in live}
+    return [
+        m
+        for m in machines
+        if not m.state.is_gone
+        and m.id not in owned
+        # A machine whose preview is live but whose id is not yet recorded is being created right now.
+        and m.metadata.get("velocity_preview_id") not in live_ids
+    ]

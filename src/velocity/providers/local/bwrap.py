@@ -1,0 +1,136 @@
+"""The bubblewrap command line of one sandbox, and the small shell shim that starts it.
+
+The shim joins the sandbox's cgroups, runs bubblewrap as its child and writes bubblewrap's exit
+status to a file, so the status survives an orchestrator restart. bubblewrap's
+``--die-with-parent`` ties the sandbox to the shim; the shim runs in its own session, so the
+sandbox outlives a crash of the orchestrator and is adopted by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import velocity
+
+WORKSPACE = "/workspace"
+RUN_DIR = "/run/velocity"
+NPM_CACHE = "/cache/npm"
+AGENT_SOCKET = f"{RUN_DIR}/agent.sock"
+
+# Only what programs need from /etc: no shadow files, no private keys, no host configuration.
+ETC_ENTRIES = (
+    "passwd",
+    "group",
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "localtime",
+    "ssl/certs",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "npmrc",
+    "mime.types",
+)
+
+SHIM = """
+exit_file=$1; cgroup_procs=$2; shift 2
+for f in $cgroup_procs; do echo $$ > "$f" || exit 97; done
+"$@" &
+child=$!
+trap 'kill -KILL $child 2>/dev/null' TERM INT HUP
+wait $child
+code=$?
+echo $code > "$exit_file"
+exit $code
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxPaths:
+    workspace: Path
+    run: Path
+    npm_cache: Path
+
+
+def runtime_paths() -> list[Path]:
+    """Where the agent's Python lives on this host: bound read-only into every sandbox."""
+    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(velocity.__file__).resolve().parent.parent]
+    unique: list[Path] = []
+    for path in paths:
+        if str(path).startswith("/usr/") or any(_inside(path, p) for p in unique):
+            continue
+        unique = [p for p in unique if not _inside(p, path)] + [path]
+    return unique
+
+
+def readable_by_others(path: Path) -> bool:
+    """Whether an unprivileged user can reach ``path`` (every ancestor searchable by others)."""
+    for part in [path, *path.parents]:
+        try:
+            mode = part.stat().st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def bwrap_args(paths: SandboxPaths, *, hostname: str, runtime: Iterable[Path]) -> list[str]:
+    args = [
+        "bwrap",
+        "--unshare-all",
+        # Until the sandbox gets its own network namespace with an egress proxy, it shares the
+        # host's network for the snapshot fetch and npm install; the agent is reached through a
+        # unix socket either way.
+        "--share-net",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        hostname,
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for top in ("bin", "lib", "lib64", "sbin", "lib32", "libx32"):
+        host = Path("/") / top
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), str(host)]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), str(host)]
+    for entry in ETC_ENTRIES:
+        if (Path("/etc") / entry).exists():
+            args += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    for path in runtime:
+        args += ["--ro-bind", str(path), str(path)]
+    args += [
+        "--bind",
+        str(paths.workspace),
+        WORKSPACE,
+        "--bind",
+        str(paths.run),
+        RUN_DIR,
+        "--bind",
+        str(paths.npm_cache),
+        NPM_CACHE,
+        "--chdir",
+        WORKSPACE,
+    ]
+    return args
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents

@@ -1,0 +1,400 @@
+"""The local provider: sandboxes as machines, with Fly's vocabulary of states."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
+from velocity.providers.base import STOPPED_OR_BEYOND, AgentEndpoint
+from velocity.providers.local import cgroups
+from velocity.providers.local.bwrap import (
+    AGENT_SOCKET,
+    NPM_CACHE,
+    SHIM,
+    WORKSPACE,
+    SandboxPaths,
+    bwrap_args,
+    readable_by_others,
+    runtime_paths,
+)
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 2.0
+# Variables a sandbox may inherit from the host, so npm works behind a proxy or a private registry.
+PASSTHROUGH_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxOptions:
+    root: Path  # one directory per machine
+    npm_cache: Path  # shared by every sandbox, so a second install of a project comes from cache
+    sandbox_uid: int = 65534
+    pids_max: int = 512
+    allow_unisolated: bool = False
+    python: str = sys.executable
+
+
+class LocalSandboxProvider:
+    name = "local"
+
+    def __init__(self, options: SandboxOptions) -> None:
+        self._options = options
+        self._bwrap = shutil.which("bwrap")
+        if self._bwrap is None and not options.allow_unisolated:
+            raise SandboxUnavailable(
+                "bubblewrap is not installed, so previews cannot be isolated: run `apt-get install "
+                "bubblewrap` (make setup does), or set LOCAL_SANDBOX_ALLOW_UNISOLATED=true to accept "
+                "running user code without a sandbox"
+            )
+        if self._bwrap is None:
+            log.warning("UNISOLATED: bubblewrap is missing; previews run as plain processes on this host")
+        self._cgroup_version = cgroups.detect_version()
+        if self._cgroup_version is None:
+            log.warning("cgroups are not writable here: memory, CPU and process limits are NOT enforced")
+        self._runtime = runtime_paths()
+        # Dropping to an unprivileged uid needs the Python runtime reachable by that uid.
+        self._drop_to: int | None = None
+        if os.geteuid() == 0:
+            if all(readable_by_others(p) for p in self._runtime):
+                self._drop_to = options.sandbox_uid
+            else:
+                log.warning(
+                    "the Python runtime (%s) is not readable by uid %d; sandboxes run as uid 0 with no "
+                    "capabilities. Install Python outside a private home directory to run them unprivileged",
+                    ", ".join(map(str, self._runtime)),
+                    options.sandbox_uid,
+                )
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._machines: dict[str, Machine] = {}
+        self._pidfds: dict[str, int] = {}
+        self._pending_adoptions: list[tuple[str, int]] = []
+        self._changed = asyncio.Condition()
+        options.root.mkdir(parents=True, exist_ok=True)
+        self._own(options.npm_cache)
+        self._adopt()
+
+    # --- MachineProvider -------------------------------------------------------------------------
+    async def create(self, spec: MachineSpec) -> Machine:
+        machine_id = "vm" + secrets.token_hex(6)
+        home = self._options.root / machine_id
+        paths = SandboxPaths(
+            workspace=home / "workspace", run=home / "run", npm_cache=self._options.npm_cache
+        )
+        home.mkdir(mode=0o700)
+        for directory in (paths.workspace, paths.run):
+            self._own(directory)
+        group = self._make_cgroup(machine_id, spec)
+        command = self._command(machine_id, paths, group)
+        env = self._env(spec, home)
+        with (home / "console.log").open("ab") as console:
+            try:
+                proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec of a shell returns in a few ms
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                if group:
+                    group.remove()
+                shutil.rmtree(home, ignore_errors=True)
+                raise SandboxUnavailable(f"could not start a sandbox: {exc}") from exc
+        now = datetime.now(UTC)
+        record = {
+            "id": machine_id,
+            "metadata": dict(spec.metadata),
+            "created_at": now.isoformat(),
+            "pid": proc.pid,
+            "start_time": _start_time(proc.pid),
+            "cgroup_version": group.version if group else None,
+            "memory_mb": spec.memory_mb,
+        }
+        _write_json(home / "machine.json", record)
+        machine = Machine(
+            id=machine_id, state=MachineState.STARTED, metadata=dict(spec.metadata), created_at=now
+        )
+        self._machines[machine_id] = machine
+        self._procs[machine_id] = proc
+        self._watch_exit(machine_id, proc.pid)
+        return machine
+
+    async def get(self, machine_id: str) -> Machine:
+        try:
+            return self._machines[machine_id]
+        except KeyError:
+            raise NotFound(f"machine {machine_id} not found") from None
+
+    async def list(self, *, metadata: Mapping[str, str] | None = None) -> builtins.list[Machine]:
+        wanted = dict(metadata or {})
+        return [
+            m
+            for m in self._machines.values()
+            if not m.state.is_gone and all(m.metadata.get(k) == v for k, v in wanted.items())
+        ]
+
+    async def wait(self, machine_id: str, *, state: MachineState, timeout: float) -> Machine:
+        await self.get(machine_id)
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self._reached(machine_id, state))
+        except TimeoutError:
+            raise Unavailable(
+                f"machine {machine_id} did not reach {state.value} within {timeout} s"
+            ) from None
+        return await self.get(machine_id)
+
+    async def stop(self, machine_id: str, *, timeout: float = STOP_GRACE_SECONDS) -> None:
+        machine = await self.get(machine_id)
+        if machine.state in STOPPED_OR_BEYOND:
+            return
+        await self._set(machine_id, state=MachineState.STOPPING)
+        pid = self._record(machine_id).get("pid")
+        self._signal_group(pid, signal.SIGTERM)
+        try:
+            await self.wait(machine_id, state=MachineState.STOPPED, timeout=timeout)
+        except Unavailable:
+            self._signal_group(pid, signal.SIGKILL)
+            await self.wait(machine_id, state=MachineState.STOPPED, timeout=10)
+        group = self._cgroup(machine_id)
+        if group:
+            group.kill_all()
+
+    async def destroy(self, machine_id: str, *, force: bool = True) -> None:
+        machine = self._machines.get(machine_id)
+        if machine is None or machine.state == MachineState.DESTROYED:
+            return
+        await self.stop(machine_id, timeout=STOP_GRACE_SECONDS if force else 30)
+        await self._set(machine_id, state=MachineState.DESTROYING)
+        group = self._cgroup(machine_id)
+        if group:
+            await _until_empty(group)
+            group.remove()
+        await asyncio.to_thread(shutil.rmtree, self._options.root / machine_id, True)
+        self._procs.pop(machine_id, None)
+        await self._set(machine_id, state=MachineState.DESTROYED)
+
+    async def logs(self, machine_id: str, *, tail: int = 100) -> builtins.list[str]:
+        await self.get(machine_id)
+        try:
+            text = (self._options.root / machine_id / "console.log").read_bytes()[-256_000:]
+        except FileNotFoundError:
+            return []
+        return text.decode("utf-8", "replace").splitlines()[-tail:]
+
+    def endpoint(self, machine: Machine) -> AgentEndpoint:
+        return AgentEndpoint(
+            base_url="http://agent", uds=str(self._options.root / machine.id / "run/agent.sock")
+        )
+
+    async def aclose(self) -> None:
+        for machine_id, fd in list(self._pidfds.items()):
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+            del self._pidfds[machine_id]
+
+    # --- sandboxes -------------------------------------------------------------------------------
+    def _command(
+        self, machine_id: str, paths: SandboxPaths, group: cgroups.Cgroup | None
+    ) -> builtins.list[str]:
+        home = self._options.root / machine_id
+        procs = " ".join(str(p) for p in group.procs_files) if group else ""
+        agent = [self._options.python, "-m", "velocity.agent"]
+        if self._bwrap is None:
+            inner = agent
+        else:
+            inner = [*bwrap_args(paths, hostname=machine_id, runtime=self._runtime), "--", *agent]
+            inner[0] = self._bwrap
+            if self._drop_to is not None:
+                uid = str(self._drop_to)
+                inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *inner]
+        return ["sh", "-c", SHIM, "velocity-shim", str(home / "exit_status"), procs, *inner]
+
+    def _env(self, spec: MachineSpec, home: Path) -> dict[str, str]:
+        unisolated = self._bwrap is None
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "NPM_CONFIG_UPDATE_NOTIFIER": "false",
+            "NPM_CONFIG_CACHE": str(self._options.npm_cache) if unisolated else NPM_CACHE,
+            "WORKSPACE": WORKSPACE,
+            "AGENT_SOCKET": AGENT_SOCKET,
+        }
+        env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+        env.update(spec.env)
+        if unisolated:
+            # Without a mount namespace the agent uses the host paths directly.
+            env["WORKSPACE"] = str(home / "workspace")
+            env["AGENT_SOCKET"] = str(home / "run/agent.sock")
+        return env
+
+    def _make_cgroup(self, machine_id: str, spec: MachineSpec) -> cgroups.Cgroup | None:
+        if self._cgroup_version is None:
+            return None
+        limits = cgroups.Limits(
+            memory_bytes=spec.memory_mb << 20, cpus=float(spec.cpus), pids=self._options.pids_max
+        )
+        try:
+            return cgroups.create(machine_id, limits, version=self._cgroup_version)
+        except OSError as exc:
+            raise SandboxUnavailable(f"could not create the sandbox's cgroups: {exc}") from exc
+
+    def _cgroup(self, machine_id: str) -> cgroups.Cgroup | None:
+        version = self._record(machine_id).get("cgroup_version")
+        return cgroups.attach(machine_id, version=version) if version else None
+
+    def _own(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._drop_to is not None:
+            os.chown(directory, self._drop_to, self._drop_to)
+
+    # --- process exits ---------------------------------------------------------------------------
+    def _watch_exit(self, machine_id: str, pid: int) -> None:
+        """Learn of the shim's exit from a pidfd, for our children and adopted sandboxes alike."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._exited(machine_id)
+            return
+        self._pidfds[machine_id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._on_exit_fd, machine_id)
+
+    def _on_exit_fd(self, machine_id: str) -> None:
+        fd = self._pidfds.pop(machine_id)
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        proc = self._procs.get(machine_id)
+        if proc is not None:
+            proc.poll()  # reap our child
+        self._exited(machine_id)
+
+    def _exited(self, machine_id: str) -> None:
+        home = self._options.root / machine_id
+        record = self._record(machine_id)
+        try:
+            status: int | None = int((home / "exit_status").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            status = None
+        group = self._cgroup(machine_id)
+        oom = group.oom_kills() if group else 0
+        if oom:
+            reason = (
+                f"out of memory: the kernel killed {oom} process(es) at the "
+                f"{record.get('memory_mb')} MB limit (CONTAINER_MEMORY_MB)"
+            )
+        elif status is None:
+            reason = "killed"
+        else:
+            reason = f"exited with status {status}"
+        record["exit_reason"] = reason
+        if home.exists():
+            _write_json(home / "machine.json", record)
+        machine = self._machines.get(machine_id)
+        if machine is not None and not machine.state.is_gone:
+            # As on Fly, a machine whose main process ends is ``stopped``; the reason says why.
+            self._update(machine_id, state=MachineState.STOPPED, exit_reason=reason)
+
+    def _adopt(self) -> None:
+        """Find sandboxes a previous orchestrator left and track them again."""
+        for home in sorted(self._options.root.iterdir()):
+            try:
+                record = json.loads((home / "machine.json").read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            machine_id = record["id"]
+            pid = record.get("pid")
+            alive = pid is not None and _start_time(pid) == record.get("start_time")
+            self._machines[machine_id] = Machine(
+                id=machine_id,
+                state=MachineState.STARTED if alive else MachineState.STOPPED,
+                metadata=record.get("metadata", {}),
+                created_at=datetime.fromisoformat(record["created_at"]),
+                exit_reason=record.get("exit_reason"),
+            )
+            if alive:
+                self._pending_adoptions.append((machine_id, pid))
+        if self._pending_adoptions:
+            log.info("found %d running sandboxes from an earlier run", len(self._pending_adoptions))
+
+    async def start_watching(self) -> None:
+        """Watch adopted sandboxes for exit (needs the running loop, so not in ``__init__``)."""
+        pending, self._pending_adoptions = self._pending_adoptions, []
+        for machine_id, pid in pending:
+            self._watch_exit(machine_id, pid)
+
+    # --- state -----------------------------------------------------------------------------------
+    def _record(self, machine_id: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self._options.root / machine_id / "machine.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return dict(data)
+
+    def _reached(self, machine_id: str, state: MachineState) -> bool:
+        machine = self._machines.get(machine_id)
+        if machine is None or machine.state == state:
+            return True
+        return state == MachineState.STOPPED and machine.state in STOPPED_OR_BEYOND
+
+    def _update(self, machine_id: str, **changes: Any) -> None:
+        self._machines[machine_id] = replace(self._machines[machine_id], **changes)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _set(self, machine_id: str, **changes: Any) -> None:
+        self._machines[machine_id] = replace(self._machines[machine_id], **changes)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _signal_group(self, pid: int | None, sig: signal.Signals) -> None:
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+
+async def _until_empty(group: cgroups.Cgroup, attempts: int = 200) -> None:
+    """The kernel empties a cgroup a moment after its last process is killed."""
+    for _ in range(attempts):
+        if not group.pids():
+            return
+        group.kill_all()
+        await asyncio.sleep(0.01)
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks: tells a live sandbox from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)

@@ -1,0 +1,126 @@
+"""The hub: an ASGI app that the orchestrator mounts at ``/realtime/v1``.
+
+    hub = RealtimeHub(verifier)          # verifier: token -> claims, or raises Unauthorized
+    app.mount("/realtime/v1", hub.app)   # GET /websocket, POST /api/broadcast[/{topic}/events/{event}]
+    ...
+    await hub.close()                    # in the orchestrator's shutdown
+
+The connect-time key is checked before the upgrade: a missing or bad key gets HTTP 401 with
+``{"error": "..."}``, an unknown ``vsn`` HTTP 400, as Supabase Realtime answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from velocity.clock import Clock, SystemClock
+from velocity.domain.errors import Unauthorized
+from velocity.realtime.auth import ChannelAuthorizer, TokenVerifier, allow_all
+from velocity.realtime.connection import GOING_AWAY, Connection
+from velocity.realtime.core import HubCore, HubLimits, HubStats
+from velocity.realtime.rest import BroadcastEndpoints
+from velocity.realtime.serializers import serializer_for
+from velocity.realtime.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class RealtimeHub:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        *,
+        authorizer: ChannelAuthorizer = allow_all,
+        limits: HubLimits | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._core = HubCore(
+            verifier=verifier,
+            authorizer=authorizer,
+            limits=limits or HubLimits(),
+            clock=clock or SystemClock(),
+        )
+        self._live: dict[Connection, asyncio.Task[Any]] = {}
+        self._closed = False
+        rest = BroadcastEndpoints(self._core)
+        self.app = Starlette(
+            routes=[
+                WebSocketRoute("/websocket", self._websocket),
+                Route("/api/broadcast", rest.batch, methods=["POST"]),
+                Route("/api/broadcast/{topic:path}/events/{event}", rest.single, methods=["POST"]),
+            ]
+        )
+
+    @property
+    def limits(self) -> HubLimits:
+        return self._core.limits
+
+    def publish(self, topic: str, event: str, payload: Any, *, private: bool = False) -> int:
+        """Broadcast from the server to ``topic`` (e.g. ``preview:proj-1``); return how many received it."""
+        return self._core.publish(topic, event, payload, private=private)
+
+    def stats(self) -> HubStats:
+        return self._core.stats()
+
+    async def close(self) -> None:
+        """Refuse new connections, close the open ones (code 1001) and wait for them to end."""
+        self._closed = True
+        for connection in list(self._live):
+            connection.shut(GOING_AWAY, "server shutting down")
+        tasks = list(self._live.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._core.limits.close_timeout * 2)
+
+    async def _websocket(self, websocket: WebSocket) -> None:
+        serializer = serializer_for(websocket.query_params.get("vsn"))
+        if serializer is None:
+            await _deny(websocket, 400, "Unsupported vsn: use 1.0.0 or 2.0.0")
+            return
+        # The header wins over the query parameter, as on the real server.
+        token = websocket.headers.get("x-api-key") or websocket.query_params.get("apikey") or ""
+        if not token:
+            await _deny(websocket, 401, "API key is missing")
+            return
+        try:
+            claims = await self._core.verifier(token)
+        except Unauthorized as exc:
+            await _deny(websocket, 401, exc.message)
+            return
+        except Exception:
+            logger.exception("realtime: the token verifier failed")
+            await _deny(websocket, 500, "Error connecting to Realtime")
+            return
+        if self._closed:
+            await _deny(websocket, 503, "Realtime is shutting down")
+            return
+
+        await websocket.accept()
+        client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+        connection = Connection(websocket, serializer, self._core, who=f"{client} role={claims.get('role')}")
+        session = Session(self._core, connection, token=token, claims=claims)
+        current = asyncio.current_task()
+        assert current is not None
+        self._live[connection] = current
+        self._core.connections += 1
+        try:
+            await connection.run(session.handle, session.close)
+        finally:
+            session.close()
+            self._core.connections -= 1
+            del self._live[connection]
+
+
+async def _deny(websocket: WebSocket, status: int, error: str) -> None:
+    response = JSONResponse({"error": error}, status_code=status)
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        # A server without the denial-response extension: a close before accept is an HTTP 403.
+        await websocket.close(1008, error)

@@ -1,0 +1,148 @@
+"""The composition root: settings in, a running orchestrator (store, provider, service, ASGI app) out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+from starlette.types import ASGIApp
+
+from velocity.api import create_api
+from velocity.api.limits import BodyLimit
+from velocity.auth import TokenIssuer, load_or_create_secret
+from velocity.clock import Clock, SystemClock
+from velocity.domain import ConfigError
+from velocity.loops import run_maintenance, supervise
+from velocity.projects import ProjectFiles
+from velocity.providers.base import MachineProvider
+from velocity.router import PreviewRouter
+from velocity.service import AgentClient, PreviewService, ProjectService
+from velocity.settings import ProviderKind, Settings
+from velocity.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def resolve_local_defaults(settings: Settings) -> Settings:
+    """Fill what a laptop has no account for: the JWT secret, the anon key, the Realtime URL."""
+    updates: dict[str, object] = {}
+    if settings.supabase_jwt_secret is None:
+        updates["supabase_jwt_secret"] = SecretStr(load_or_create_secret(settings.data_dir / "secrets.json"))
+    if settings.supabase_url is None:
+        updates["supabase_url"] = settings.orchestrator_url
+    resolved = settings.model_copy(update=updates)
+    if resolved.supabase_anon_key is None:
+        anon = issuer_for(resolved).mint_anon()
+        resolved = resolved.model_copy(update={"supabase_anon_key": SecretStr(anon)})
+    return resolved
+
+
+def issuer_for(settings: Settings) -> TokenIssuer:
+    if settings.supabase_jwt_secret is None:
+        raise ConfigError("SUPABASE_JWT_SECRET is not set and no local secret was made")
+    return TokenIssuer(
+        settings.supabase_jwt_secret.get_secret_value(),
+        issuer=f"{(settings.supabase_url or settings.orchestrator_url).rstrip('/')}/auth/v1",
+    )
+
+
+def make_provider(settings: Settings) -> MachineProvider:
+    if settings.preview_provider == ProviderKind.LOCAL:
+        from velocity.providers.local import LocalSandboxProvider, SandboxOptions
+
+        return LocalSandboxProvider(
+            SandboxOptions(
+                root=settings.data_dir / "sandboxes",
+                npm_cache=settings.data_dir / "cache" / "npm",
+                sandbox_uid=settings.local_sandbox_uid,
+                pids_max=settings.local_sandbox_pids_max,
+                allow_unisolated=settings.local_sandbox_allow_unisolated,
+            )
+        )
+    from velocity.providers.fly import FlyProvider
+
+    return FlyProvider.from_settings(settings)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    provider: MachineProvider
+    previews: PreviewService
+    projects: ProjectService
+    issuer: TokenIssuer
+    agents: AgentClient
+    clock: Clock
+    _loops: asyncio.Task[None] | None = field(default=None, repr=False)
+    _router: PreviewRouter | None = field(default=None, repr=False)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        provider: MachineProvider | None = None,
+        clock: Clock | None = None,
+        agents: AgentClient | None = None,
+    ) -> Runtime:
+        settings = resolve_local_defaults(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.from_url(settings.sqlalchemy_url)
+        await store.migrate()
+        provider = provider or make_provider(settings)
+        start_watching = getattr(provider, "start_watching", None)
+        if start_watching is not None:
+            await start_watching()
+        clock = clock or SystemClock()
+        issuer = issuer_for(settings)
+        agents = agents or AgentClient()
+        previews = PreviewService(
+            store=store, provider=provider, agents=agents, issuer=issuer, settings=settings, clock=clock
+        )
+        projects = ProjectService(
+            store=store,
+            files=ProjectFiles(settings.data_dir / "projects"),
+            clock=clock,
+            max_bytes=settings.max_project_bytes,
+        )
+        return cls(settings, store, provider, previews, projects, issuer, agents, clock)
+
+    def asgi(self) -> ASGIApp:
+        api = create_api(
+            previews=self.previews,
+            projects=self.projects,
+            issuer=self.issuer,
+            settings=self.settings,
+            provider_name=self.provider.name,
+        )
+        limited = BodyLimit(
+            api,
+            default=self.settings.max_request_body_bytes,
+            prefixes={"/v1/projects/": self.settings.max_project_bytes * 2},
+        )
+        self._router = PreviewRouter(limited, service=self.previews, domain=self.settings.preview_domain)
+        return self._router
+
+    def start_loops(self) -> None:
+        interval = self.settings.cleanup_interval_seconds
+        self._loops = asyncio.create_task(
+            supervise({"maintenance": run_maintenance(self.previews, self.clock, interval=interval)})
+        )
+
+    async def close(self, *, stop_previews: bool) -> None:
+        if self._loops is not None:
+            self._loops.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._loops
+        if stop_previews:
+            await self.previews.stop_all("the orchestrator is shutting down")
+        await self.previews.close()
+        if self._router is not None:
+            await self._router.aclose()
+        await self.agents.aclose()
+        await self.provider.aclose()
+        await self.store.dispose()

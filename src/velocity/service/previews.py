@@ -1,0 +1,480 @@
+"""The preview lifecycle: row first, then the machine, then readiness, then a watch until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+from datetime import datetime, timedelta
+
+from velocity.auth import Caller, TokenIssuer
+from velocity.clock import Clock
+from velocity.domain import (
+    LIVE_STATES,
+    AgentError,
+    Forbidden,
+    Machine,
+    MachineSpec,
+    MachineState,
+    NotFound,
+    Preview,
+    PreviewError,
+    PreviewGone,
+    PreviewState,
+    ProviderError,
+    Unavailable,
+)
+from velocity.policy import Limits, machines_to_destroy, verdict
+from velocity.providers.base import (
+    META_CREATE_TAG,
+    META_INSTANCE,
+    META_OWNER,
+    META_PREVIEW_ID,
+    META_PROJECT_ID,
+    META_USER_ID,
+    OWNER_VALUE,
+    STOPPED_OR_BEYOND,
+    AgentEndpoint,
+    MachineProvider,
+)
+from velocity.service.agent_client import AgentClient
+from velocity.service.tasks import TaskSet
+from velocity.settings import Settings
+from velocity.store import Store
+
+log = logging.getLogger(__name__)
+
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_LENGTH = 12
+# The router does not write every request to the database: activity is flushed at most this often.
+ACTIVITY_FLUSH = timedelta(seconds=5)
+# How long one long-poll to an agent may last; the readiness deadline is checked between polls.
+AGENT_POLL_SECONDS = 20.0
+# How long to wait between attempts while an agent's socket is not answering yet.
+AGENT_RETRY_SECONDS = 0.02
+
+
+def new_preview_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def is_preview_id(value: str) -> bool:
+    return len(value) == ID_LENGTH and all(c in ID_ALPHABET for c in value)
+
+
+class PreviewService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        provider: MachineProvider,
+        agents: AgentClient,
+        issuer: TokenIssuer,
+        settings: Settings,
+        clock: Clock,
+        instance: str = "local",
+    ) -> None:
+        self._store = store
+        self._provider = provider
+        self._agents = agents
+        self._issuer = issuer
+        self._settings = settings
+        self._clock = clock
+        self._instance = instance
+        self.limits = Limits(
+            lifetime=timedelta(seconds=settings.lifetime_seconds),
+            idle=timedelta(seconds=settings.idle_timeout_seconds),
+            readiness=timedelta(seconds=settings.container_timeout_seconds),
+            max_per_user=settings.max_containers_per_user,
+        )
+        self._tasks = TaskSet()
+        self._settled: dict[str, asyncio.Event] = {}
+        self._endpoints: dict[str, AgentEndpoint] = {}
+        self._flushed: dict[str, datetime] = {}
+
+    # --- use cases -------------------------------------------------------------------------------
+    async def create(self, caller: Caller, project_id: str) -> tuple[Preview, bool]:
+        """A new preview of ``project_id``, or the caller's live one; the machine is made in the background."""
+        project = await self._store.get_project(project_id)
+        if project.owner_id != caller.subject:
+            raise NotFound(f"project {project_id} not found")
+        now = self._clock.now()
+        preview = Preview(
+            id=new_preview_id(),
+            user_id=caller.subject,
+            project_id=project_id,
+            state=PreviewState.PROVISIONING,
+            created_at=now,
+            updated_at=now,
+            last_activity_at=now,
+            expires_at=now + self.limits.lifetime,
+        )
+        outcome = await self._store.create_preview(preview, limit=self.limits.max_per_user)
+        if outcome.created:
+            self._settled[preview.id] = asyncio.Event()
+            self._tasks.start(f"launch:{preview.id}", self._launch(preview))
+        return outcome
+
+    async def get(self, caller: Caller, preview_id: str) -> Preview:
+        preview = await self._store.find_preview(preview_id)
+        if preview is None or preview.user_id != caller.subject:
+            # Someone else's preview is indistinguishable from one that does not exist.
+            raise NotFound(f"preview {preview_id} not found")
+        return preview
+
+    async def stage(self, preview: Preview) -> str:
+        """Finer than the state while booting: what the agent is doing (fetching, installing, starting)."""
+        if preview.state != PreviewState.BOOTING or preview.machine_id is None:
+            return preview.state.value
+        try:
+            endpoint = self._endpoints.get(preview.id) or self._provider.endpoint(
+                await self._provider.get(preview.machine_id)
+            )
+            return (await self._agents.health(endpoint)).state
+        except PreviewError:
+            return preview.state.value
+
+    async def list_previews(self, caller: Caller) -> list[Preview]:
+        return await self._store.list_previews(user_id=caller.subject)
+
+    async def delete(self, caller: Caller, preview_id: str) -> Preview:
+        preview = await self.get(caller, preview_id)
+        return await self.stop(preview, "deleted by its owner")
+
+    async def keepalive(self, caller: Caller, preview_id: str) -> Preview:
+        preview = await self.get(caller, preview_id)
+        if not preview.is_live:
+            raise PreviewGone(f"preview {preview_id} is {preview.state.value}; create a new one")
+        now = self._clock.now()
+        await self._store.touch(preview_id, now)
+        self._flushed[preview_id] = now
+        return await self._store.get_preview(preview_id)
+
+    async def logs(self, caller: Caller, preview_id: str, *, tail: int) -> list[dict[str, str]]:
+        preview = await self.get(caller, preview_id)
+        if preview.state == PreviewState.READY or preview.state == PreviewState.BOOTING:
+            try:
+                return await self._agents.logs(await self._endpoint(preview), tail=tail)
+            except (AgentError, ProviderError):
+                pass
+        lines = list(preview.failure_logs)
+        if not lines and preview.machine_id and preview.is_live:
+            lines = await self._provider.logs(preview.machine_id, tail=tail)
+        return [{"stream": "console", "line": line} for line in lines[-tail:]]
+
+    async def events(self, caller: Caller, preview_id: str, *, after_id: int = 0) -> list[tuple[int, object]]:
+        await self.get(caller, preview_id)
+        return list(await self._store.events(preview_id, after_id=after_id))
+
+    # --- routing ---------------------------------------------------------------------------------
+    async def route(self, preview_id: str, *, wait: float) -> AgentEndpoint:
+        """Where to send a request for ``preview_id``; waits up to ``wait`` s for one still booting."""
+        preview = await self._store.find_preview(preview_id)
+        if preview is None:
+            raise NotFound(f"no preview {preview_id}")
+        if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
+            settled = self._settled.setdefault(preview_id, asyncio.Event())
+            try:
+                async with asyncio.timeout(wait):
+                    await settled.wait()
+            except TimeoutError:
+                raise Unavailable(
+                    f"preview {preview_id} is still {preview.state.value}; retry shortly"
+                ) from None
+            preview = await self._store.get_preview(preview_id)
+        if preview.state != PreviewState.READY:
+            reason = f": {preview.failure_reason}" if preview.failure_reason else ""
+            raise PreviewGone(f"preview {preview_id} is {preview.state.value}{reason}")
+        return await self._endpoint(preview)
+
+    async def settled(self, preview_id: str, *, timeout: float) -> Preview:
+        """The preview once it is no longer provisioning or booting (or after ``timeout`` s)."""
+        preview = await self._store.get_preview(preview_id)
+        if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._settled.setdefault(preview_id, asyncio.Event()).wait()
+        return await self._store.get_preview(preview_id)
+
+    def record_activity(self, preview_id: str) -> None:
+        """Called by the router on every request and websocket frame; cheap, written in batches."""
+        now = self._clock.now()
+        last = self._flushed.get(preview_id)
+        if last is None or now - last >= ACTIVITY_FLUSH:
+            self._flushed[preview_id] = now
+            self._tasks.start(f"touch:{preview_id}", self._store.touch(preview_id, now))
+
+    async def _endpoint(self, preview: Preview) -> AgentEndpoint:
+        cached = self._endpoints.get(preview.id)
+        if cached is not None:
+            return cached
+        if preview.machine_id is None:
+            raise Unavailable(f"preview {preview.id} has no machine yet")
+        endpoint = self._provider.endpoint(await self._provider.get(preview.machine_id))
+        self._endpoints[preview.id] = endpoint
+        return endpoint
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def machine_spec(self, preview: Preview) -> MachineSpec:
+        s = self._settings
+        token = self._issuer.mint_agent(
+            preview_id=preview.id, project_id=preview.project_id, ttl_seconds=s.lifetime_seconds + 600
+        )
+        env = {
+            "PROJECT_ID": preview.project_id,
+            "PREVIEW_ID": preview.id,
+            "SNAPSHOT_URL": f"{s.orchestrator_url}/v1/projects/{preview.project_id}/snapshot",
+            "AGENT_TOKEN": token,
+            "CONTAINER_INTERNAL_PORT": str(s.container_internal_port),
+            "SUPABASE_URL": s.supabase_url or s.orchestrator_url,
+            "SUPABASE_ANON_KEY": s.supabase_anon_key.get_secret_value() if s.supabase_anon_key else "",
+        }
+        metadata = {
+            META_OWNER: OWNER_VALUE,
+            META_PREVIEW_ID: preview.id,
+            META_USER_ID: preview.user_id,
+            META_PROJECT_ID: preview.project_id,
+            META_INSTANCE: self._instance,
+            META_CREATE_TAG: f"{preview.id}-{secrets.token_hex(4)}",
+        }
+        return MachineSpec(
+            image=s.preview_container_image,
+            memory_mb=s.container_memory_mb,
+            cpus=s.container_cpu_count,
+            cpu_kind=s.container_cpu_kind,
+            internal_port=s.container_internal_port,
+            env=env,
+            metadata=metadata,
+            region=s.fly_regions[0] if s.fly_regions else None,
+        )
+
+    async def _launch(self, preview: Preview) -> None:
+        try:
+            machine = await self._provider.create(self.machine_spec(preview))
+        except PreviewError as exc:
+            await self.fail(preview.id, f"could not create a machine: {exc.message}")
+            return
+        booting = await self._store.update_preview(
+            preview.id,
+            expect={PreviewState.PROVISIONING},
+            state=PreviewState.BOOTING,
+            machine_id=machine.id,
+            updated_at=self._clock.now(),
+            detail=f"machine {machine.id} created",
+        )
+        if booting is None:  # deleted while the machine was being made
+            await self._destroy(machine.id)
+            return
+        await self._await_ready(booting, machine)
+
+    async def _await_ready(self, preview: Preview, machine: Machine) -> None:
+        endpoint = self._provider.endpoint(machine)
+        deadline = preview.created_at + self.limits.readiness
+        while True:
+            remaining = (deadline - self._clock.now()).total_seconds()
+            if remaining <= 0:
+                seconds = int(self.limits.readiness.total_seconds())
+                await self.fail(preview.id, f"not serving within {seconds} s (CONTAINER_TIMEOUT_SECONDS)")
+                return
+            try:
+                health = await self._agents.health(endpoint, wait_ready=min(remaining, AGENT_POLL_SECONDS))
+            except AgentError:
+                reason = await self._machine_exit(machine.id)
+                if reason is not None:
+                    await self.fail(preview.id, reason)
+                    return
+                await self._clock.sleep(AGENT_RETRY_SECONDS)
+                continue
+            if health.failed:
+                await self.fail(preview.id, f"agent reported failure: {health.detail or 'no detail'}")
+                return
+            if health.ready:
+                break
+        now = self._clock.now()
+        ready = await self._store.update_preview(
+            preview.id,
+            expect={PreviewState.BOOTING},
+            state=PreviewState.READY,
+            ready_at=now,
+            updated_at=now,
+            last_activity_at=now,
+            detail=f"serving after {(now - preview.created_at).total_seconds():.2f} s",
+        )
+        self._endpoints[preview.id] = endpoint
+        self._settle(preview.id)
+        if ready is not None:
+            self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
+
+    async def _machine_exit(self, machine_id: str) -> str | None:
+        """Why the machine no longer runs, or ``None`` while it still does."""
+        try:
+            machine = await self._provider.get(machine_id)
+        except NotFound:
+            return f"machine {machine_id} disappeared"
+        if machine.state in STOPPED_OR_BEYOND:
+            return f"machine {machine.state.value}: {machine.exit_reason or 'no reason given'}"
+        return None
+
+    async def _watch(self, preview: Preview, machine_id: str) -> None:
+        """Fail the preview when its machine stops on its own (out of memory, agent crash...)."""
+        while True:
+            try:
+                await self._provider.wait(machine_id, state=MachineState.STOPPED, timeout=60)
+            except Unavailable:
+                continue  # a wait times out after at most 60 s on Fly; wait again
+            except NotFound:
+                pass
+            current = await self._store.find_preview(preview.id)
+            if current is None or current.state != PreviewState.READY:
+                return  # we are stopping it ourselves
+            reason = await self._machine_exit(machine_id)
+            if reason is None:
+                continue
+            await self.fail(preview.id, reason)
+            return
+
+    async def fail(self, preview_id: str, reason: str) -> Preview | None:
+        """End a live preview as ``failed``, keeping its last log lines, and destroy its machine."""
+        preview = await self._store.find_preview(preview_id)
+        if preview is None or not preview.is_live:
+            return preview
+        lines = await self._last_lines(preview)
+        failed = await self._store.update_preview(
+            preview_id,
+            expect=LIVE_STATES,
+            state=PreviewState.FAILED,
+            failure_reason=reason,
+            failure_logs=lines,
+            updated_at=self._clock.now(),
+            detail=reason,
+        )
+        log.warning("preview %s failed: %s", preview_id, reason)
+        await self._release(preview)
+        return failed
+
+    async def stop(self, preview: Preview, reason: str) -> Preview:
+        """Stop a preview for good: ``stopping``, machine destroyed, ``stopped``."""
+        stopping = await self._store.update_preview(
+            preview.id,
+            expect=LIVE_STATES - {PreviewState.STOPPING},
+            state=PreviewState.STOPPING,
+            updated_at=self._clock.now(),
+            detail=reason,
+        )
+        if stopping is None:
+            return await self._store.get_preview(preview.id)
+        await self._release(stopping)
+        stopped = await self._store.update_preview(
+            preview.id,
+            expect={PreviewState.STOPPING},
+            state=PreviewState.STOPPED,
+            updated_at=self._clock.now(),
+            detail="machine destroyed",
+        )
+        return stopped or await self._store.get_preview(preview.id)
+
+    async def _release(self, preview: Preview) -> None:
+        self._tasks.cancel(f"launch:{preview.id}")
+        self._tasks.cancel(f"watch:{preview.id}")
+        self._endpoints.pop(preview.id, None)
+        self._flushed.pop(preview.id, None)
+        self._settle(preview.id)
+        if preview.machine_id:
+            await self._destroy(preview.machine_id)
+
+    async def _destroy(self, machine_id: str) -> None:
+        try:
+            await self._provider.destroy(machine_id, force=True)
+        except PreviewError as exc:
+            # The reconciler destroys machines that no live preview owns on its next pass.
+            log.warning("destroying machine %s failed (%s); the reconciler will retry", machine_id, exc)
+
+    def _settle(self, preview_id: str) -> None:
+        self._settled.setdefault(preview_id, asyncio.Event()).set()
+
+    async def _last_lines(self, preview: Preview, tail: int = 50) -> tuple[str, ...]:
+        if preview.machine_id is None:
+            return ()
+        try:
+            endpoint = self._endpoints.get(preview.id) or self._provider.endpoint(
+                await self._provider.get(preview.machine_id)
+            )
+            entries = await self._agents.logs(endpoint, tail=tail)
+            return tuple(str(e.get("line", "")) for e in entries)
+        except PreviewError:
+            pass
+        try:
+            return tuple(await self._provider.logs(preview.machine_id, tail=tail))
+        except PreviewError:
+            return ()
+
+    # --- maintenance (called by the loops) -------------------------------------------------------
+    async def reap(self) -> list[str]:
+        """Stop expired and idle previews, fail stuck ones; returns what was done, one line each."""
+        done = []
+        now = self._clock.now()
+        for preview in await self._store.list_previews(states=LIVE_STATES):
+            decision = verdict(preview, now, self.limits)
+            if decision is None:
+                continue
+            if decision.action == "fail":
+                await self.fail(preview.id, decision.reason)
+            else:
+                await self.stop(preview, decision.reason)
+            done.append(f"{decision.action} {preview.id}: {decision.reason}")
+        return done
+
+    async def reconcile(self) -> list[str]:
+        """Make machines match previews: destroy orphans, fail previews whose machine is gone,
+        and pick up previews this process did not start (after a restart)."""
+        done = []
+        machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
+        live = await self._store.list_previews(states=LIVE_STATES)
+        for machine in machines_to_destroy(machines, live):
+            await self._destroy(machine.id)
+            done.append(f"destroyed orphan machine {machine.id}")
+        by_preview = {m.metadata.get(META_PREVIEW_ID): m for m in machines}
+        for preview in live:
+            if self._tasks.running(f"launch:{preview.id}") or preview.state == PreviewState.STOPPING:
+                continue
+            found = by_preview.get(preview.id)
+            if found is None or found.state in STOPPED_OR_BEYOND:
+                reason = "its machine is gone" if found is None else await self._machine_exit(found.id)
+                await self.fail(preview.id, reason or "its machine is gone")
+                done.append(f"failed {preview.id}: {reason}")
+                continue
+            machine = found
+            if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
+                adopted = await self._store.update_preview(
+                    preview.id,
+                    expect={PreviewState.PROVISIONING, PreviewState.BOOTING},
+                    state=PreviewState.BOOTING,
+                    machine_id=machine.id,
+                    updated_at=self._clock.now(),
+                    detail=f"machine {machine.id} adopted",
+                )
+                if adopted is not None:
+                    self._tasks.start(f"launch:{preview.id}", self._await_ready(adopted, machine))
+                    done.append(f"adopted {preview.id} (booting)")
+            elif not self._tasks.running(f"watch:{preview.id}"):
+                self._tasks.start(f"watch:{preview.id}", self._watch(preview, machine.id))
+                done.append(f"adopted {preview.id} (ready)")
+        return done
+
+    async def stop_all(self, reason: str) -> None:
+        for preview in await self._store.list_previews(states=LIVE_STATES):
+            await self.stop(preview, reason)
+
+    async def close(self) -> None:
+        await self._tasks.close()
+
+
+def require_owner_or_agent(caller: Caller, *, owner_id: str, project_id: str) -> None:
+    """Snapshots are for the project's owner and for the agents of its previews."""
+    if caller.is_agent and caller.project_id == project_id:
+        return
+    if not caller.is_agent and caller.subject == owner_id:
+        return
+    raise Forbidden(f"not allowed to read project {project_id}")

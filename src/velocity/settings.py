@@ -1,0 +1,196 @@
+"""Every setting, read once from the environment and a ``.env`` file, validated, documented.
+
+Names follow the seed deployment guide (``FLY_API_TOKEN``, ``CONTAINER_MEMORY_MB``...) plus our own.
+A bad value stops the start with a ``ConfigError`` naming the variable. README.md lists them all;
+``tests/test_settings.py`` fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from velocity.domain import ConfigError
+
+
+class ProviderKind(enum.StrEnum):
+    LOCAL = "local"
+    FLY = "fly"
+
+
+class Settings(BaseSettings):
+    """One flat object; fields are grouped by comment, each names its variable, unit and default."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- Fly.io (seed guide, step 7) -------------------------------------------------------------
+    fly_api_token: SecretStr | None = Field(
+        None, description="FLY_API_TOKEN: Fly.io token that manages machines"
+    )
+    fly_app_name: str = Field(
+        "velocity-preview-containers", description="FLY_APP_NAME: the Fly app preview machines live in"
+    )
+    fly_api_base_url: str = Field(
+        "https://api.machines.dev",
+        description="FLY_API_BASE_URL: Machines API base URL (the emulator's locally)",
+    )
+    fly_regions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ord"],
+        description="FLY_REGIONS: comma-separated regions, tried in order when one lacks capacity",
+    )
+    preview_container_image: str = Field(
+        "ghcr.io/velocity/preview-container:latest",
+        description="PREVIEW_CONTAINER_IMAGE: preview machine image",
+    )
+
+    # --- Machine size and networking (seed guide) ------------------------------------------------
+    container_memory_mb: int = Field(
+        512, ge=128, le=65536, description="CONTAINER_MEMORY_MB: memory per machine, MiB"
+    )
+    container_cpu_count: int = Field(1, ge=1, le=16, description="CONTAINER_CPU_COUNT: vCPUs per machine")
+    container_cpu_kind: str = Field(
+        "shared", pattern="^(shared|performance)$", description="CONTAINER_CPU_KIND"
+    )
+    container_internal_port: int = Field(
+        8080, ge=1, le=65535, description="CONTAINER_INTERNAL_PORT: the agent's port inside a machine"
+    )
+    container_timeout_seconds: int = Field(
+        300, ge=5, description="CONTAINER_TIMEOUT_SECONDS: a machine not serving by then is destroyed"
+    )
+
+    # --- Lifecycle (seed guide) ------------------------------------------------------------------
+    max_containers_per_user: int = Field(
+        3, ge=1, description="MAX_CONTAINERS_PER_USER: live previews per user"
+    )
+    max_container_lifetime_minutes: int = Field(
+        60, ge=1, description="MAX_CONTAINER_LIFETIME_MINUTES: hard limit, whatever the activity"
+    )
+    container_cleanup_interval_minutes: float = Field(
+        5, gt=0, description="CONTAINER_CLEANUP_INTERVAL_MINUTES: reaper and reconciler period"
+    )
+    preview_idle_timeout_minutes: float = Field(
+        15,
+        gt=0,
+        description="PREVIEW_IDLE_TIMEOUT_MINUTES: no request, frame or keepalive for this long stops it",
+    )
+
+    # --- Supabase (seed guide) -------------------------------------------------------------------
+    supabase_url: str | None = Field(
+        None, description="SUPABASE_URL: Realtime and Auth base URL; the embedded hub when unset"
+    )
+    supabase_anon_key: SecretStr | None = Field(
+        None, description="SUPABASE_ANON_KEY: public anon key; minted from the local secret when unset"
+    )
+    supabase_jwt_secret: SecretStr | None = Field(
+        None, description="SUPABASE_JWT_SECRET: HS256 secret of user tokens; generated locally when unset"
+    )
+
+    # --- Orchestrator ----------------------------------------------------------------------------
+    preview_provider: ProviderKind = Field(ProviderKind.LOCAL, description="PREVIEW_PROVIDER: local | fly")
+    database_url: str | None = Field(
+        None, description="DATABASE_URL: SQLAlchemy URL; a SQLite file in the data directory when unset"
+    )
+    velocity_data_dir: Path = Field(
+        Path(".velocity"), description="VELOCITY_DATA_DIR: state, secrets, projects, sandboxes, caches"
+    )
+    velocity_host: str = Field("127.0.0.1", description="VELOCITY_HOST: address the orchestrator listens on")
+    velocity_port: int = Field(
+        8000, ge=0, le=65535, description="VELOCITY_PORT: port the orchestrator listens on"
+    )
+    preview_domain: str = Field(
+        "preview.localhost", description="PREVIEW_DOMAIN: previews answer at {preview_id}.{PREVIEW_DOMAIN}"
+    )
+    velocity_public_url: str | None = Field(
+        None,
+        description="VELOCITY_PUBLIC_URL: how agents and browsers reach the orchestrator; derived when unset",
+    )
+    max_request_body_bytes: int = Field(
+        1 << 20, ge=1024, description="MAX_REQUEST_BODY_BYTES: largest API request body"
+    )
+    max_project_bytes: int = Field(
+        50 << 20, ge=1024, description="MAX_PROJECT_BYTES: largest project snapshot"
+    )
+    local_sandbox_uid: int = Field(
+        65534, ge=1, description="LOCAL_SANDBOX_UID: unprivileged uid sandboxes run as when started by root"
+    )
+    local_sandbox_pids_max: int = Field(
+        512, ge=16, description="LOCAL_SANDBOX_PIDS_MAX: processes and threads per local sandbox"
+    )
+    local_sandbox_allow_unisolated: bool = Field(
+        False,
+        description="LOCAL_SANDBOX_ALLOW_UNISOLATED: run previews without bubblewrap where it is missing",
+    )
+
+    @field_validator("fly_regions", mode="before")
+    @classmethod
+    def _split_regions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("preview_domain")
+    @classmethod
+    def _domain_is_hostname(cls, value: str) -> str:
+        if not value or "/" in value or ":" in value:
+            raise ValueError("must be a bare host name such as preview.example.com")
+        return value.lower().strip(".")
+
+    # --- Derived values ---------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.velocity_data_dir.resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return _async_driver(self.database_url)
+        return f"sqlite+aiosqlite:///{self.data_dir / 'velocity.db'}"
+
+    @property
+    def orchestrator_url(self) -> str:
+        return (self.velocity_public_url or f"http://127.0.0.1:{self.velocity_port}").rstrip("/")
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return self.max_container_lifetime_minutes * 60.0
+
+    @property
+    def idle_timeout_seconds(self) -> float:
+        return self.preview_idle_timeout_minutes * 60.0
+
+    @property
+    def cleanup_interval_seconds(self) -> float:
+        return self.container_cleanup_interval_minutes * 60.0
+
+    def preview_url(self, preview_id: str) -> str:
+        scheme = "http" if self.preview_domain.endswith("localhost") else "https"
+        port = f":{self.velocity_port}" if scheme == "http" else ""
+        return f"{scheme}://{preview_id}.{self.preview_domain}{port}/"
+
+
+def _async_driver(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``) and pick the async driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into one ``ConfigError`` naming each variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "?"
+            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid settings: " + "; ".join(problems) + " — see README.md#settings") from None

@@ -1,0 +1,306 @@
+"""The store: previews (with an atomic per-user quota), their events, and projects."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from velocity.domain import (
+    LIVE_STATES,
+    NotFound,
+    Preview,
+    PreviewEvent,
+    PreviewState,
+    Project,
+    QuotaExceeded,
+)
+from velocity.store.tables import preview_events, previews, projects
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class CreateOutcome(NamedTuple):
+    preview: Preview
+    created: bool  # False: the user's live preview of that project was returned instead
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        if url.startswith("sqlite"):
+            engine = create_async_engine(url, connect_args={"timeout": 30})
+            _serialise_sqlite_writers(engine)
+        else:
+            engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return cls(engine)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+
+        def upgrade(connection: Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+        async with self._engine.begin() as conn:
+            await conn.run_sync(upgrade)
+
+    async def dispose(self) -> None:
+        await self._engine.dispose()
+
+    # --- previews --------------------------------------------------------------------------------
+    async def create_preview(self, preview: Preview, *, limit: int) -> CreateOutcome:
+        """Insert ``preview`` unless the user already has a live one for the project or is at ``limit``.
+
+        The count and the insert happen in one transaction holding a per-user lock (an advisory lock on
+        PostgreSQL, the database write lock on SQLite), so concurrent creates never exceed the limit,
+        even from several orchestrator replicas.
+        """
+        try:
+            async with self._engine.begin() as conn:
+                await self._lock_user(conn, preview.user_id)
+                live = await self._live_of_user(conn, preview.user_id)
+                for row in live:
+                    if row.project_id == preview.project_id:
+                        return CreateOutcome(row, created=False)
+                if len(live) >= limit:
+                    raise QuotaExceeded(
+                        f"user {preview.user_id} already has {len(live)} live previews "
+                        f"(MAX_CONTAINERS_PER_USER={limit}); delete one first",
+                        limit=limit,
+                    )
+                await conn.execute(previews.insert().values(**_preview_row(preview)))
+                await self._add_event(conn, preview.id, preview.state, "created", preview.created_at)
+        except IntegrityError:
+            # Another writer won the race for this (user, project): return its preview.
+            for row in await self.list_previews(user_id=preview.user_id, states=LIVE_STATES):
+                if row.project_id == preview.project_id:
+                    return CreateOutcome(row, created=False)
+            raise
+        return CreateOutcome(preview, created=True)
+
+    async def _lock_user(self, conn: AsyncConnection, user_id: str) -> None:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": user_id})
+
+    async def _live_of_user(self, conn: AsyncConnection, user_id: str) -> list[Preview]:
+        query = previews.select().where(
+            previews.c.user_id == user_id, previews.c.state.in_([s.value for s in LIVE_STATES])
+        )
+        return [_preview(row) for row in (await conn.execute(query)).mappings()]
+
+    async def find_preview(self, preview_id: str) -> Preview | None:
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(previews.select().where(previews.c.id == preview_id))).mappings().first()
+            )
+        return _preview(row) if row else None
+
+    async def get_preview(self, preview_id: str) -> Preview:
+        found = await self.find_preview(preview_id)
+        if found is None:
+            raise NotFound(f"preview {preview_id} not found")
+        return found
+
+    async def list_previews(
+        self, *, user_id: str | None = None, states: Collection[PreviewState] | None = None
+    ) -> list[Preview]:
+        query = previews.select().order_by(previews.c.created_at)
+        if user_id is not None:
+            query = query.where(previews.c.user_id == user_id)
+        if states is not None:
+            query = query.where(previews.c.state.in_([s.value for s in states]))
+        async with self._engine.connect() as conn:
+            return [_preview(row) for row in (await conn.execute(query)).mappings()]
+
+    async def update_preview(
+        self,
+        preview_id: str,
+        *,
+        expect: Collection[PreviewState] | None = None,
+        detail: str | None = None,
+        **changes: Any,
+    ) -> Preview | None:
+        """Apply ``changes`` if the preview is in one of ``expect``; ``None`` when it was not.
+
+        A change of ``state`` is recorded in the preview's events with ``detail``.
+        """
+        values = {k: (v.value if isinstance(v, PreviewState) else v) for k, v in changes.items()}
+        if "failure_logs" in values:
+            values["failure_logs"] = list(values["failure_logs"])
+        query = previews.update().where(previews.c.id == preview_id).values(**values)
+        if expect is not None:
+            query = query.where(previews.c.state.in_([s.value for s in expect]))
+        async with self._engine.begin() as conn:
+            if (await conn.execute(query)).rowcount == 0:
+                return None
+            if "state" in changes:
+                at = changes.get("updated_at") or datetime.now(UTC)
+                await self._add_event(conn, preview_id, PreviewState(values["state"]), detail, at)
+            row = (await conn.execute(previews.select().where(previews.c.id == preview_id))).mappings().one()
+        return _preview(row)
+
+    async def add_event(self, preview_id: str, state: PreviewState, detail: str, at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await self._add_event(conn, preview_id, state, detail, at)
+
+    async def _add_event(
+        self, conn: AsyncConnection, preview_id: str, state: PreviewState, detail: str | None, at: datetime
+    ) -> None:
+        await conn.execute(
+            preview_events.insert().values(preview_id=preview_id, state=state.value, detail=detail, at=at)
+        )
+
+    async def events(self, preview_id: str, *, after_id: int = 0) -> list[tuple[int, PreviewEvent]]:
+        query = (
+            preview_events.select()
+            .where(preview_events.c.preview_id == preview_id, preview_events.c.id > after_id)
+            .order_by(preview_events.c.id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            (
+                row["id"],
+                PreviewEvent(
+                    preview_id=row["preview_id"],
+                    at=_utc(row["at"]),
+                    state=PreviewState(row["state"]),
+                    detail=row["detail"],
+                ),
+            )
+            for row in rows
+        ]
+
+    async def touch(self, preview_id: str, at: datetime) -> None:
+        """Record activity; never moves ``last_activity_at`` backwards."""
+        query = (
+            previews.update()
+            .where(previews.c.id == preview_id, previews.c.last_activity_at < at)
+            .values(last_activity_at=at)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
+
+    # --- projects --------------------------------------------------------------------------------
+    async def save_project(self, project: Project) -> Project:
+        values = {
+            "id": project.id,
+            "owner_id": project.owner_id,
+            "name": project.name,
+            "file_count": project.file_count,
+            "size_bytes": project.size_bytes,
+            "created_at": project.created_at,
+            "updated_at": project.updated_at,
+        }
+        async with self._engine.begin() as conn:
+            existing = (await conn.execute(projects.select().where(projects.c.id == project.id))).first()
+            if existing is None:
+                await conn.execute(projects.insert().values(**values))
+            else:
+                del values["created_at"]
+                await conn.execute(projects.update().where(projects.c.id == project.id).values(**values))
+        return await self.get_project(project.id)
+
+    async def get_project(self, project_id: str) -> Project:
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(projects.select().where(projects.c.id == project_id))).mappings().first()
+            )
+        if row is None:
+            raise NotFound(f"project {project_id} not found; import it first (velocity projects import DIR)")
+        return _project(row)
+
+    async def list_projects(self, *, owner_id: str | None = None) -> list[Project]:
+        query = projects.select().order_by(projects.c.created_at)
+        if owner_id is not None:
+            query = query.where(projects.c.owner_id == owner_id)
+        async with self._engine.connect() as conn:
+            return [_project(row) for row in (await conn.execute(query)).mappings()]
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+    """Make every SQLite transaction take the write lock at BEGIN (SQLAlchemy's documented recipe).
+
+    Without it the quota check (a read) and the insert (a write) of two concurrent creates could
+    interleave; with ``BEGIN IMMEDIATE`` the second waits for the first to commit.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _preview_row(preview: Preview) -> dict[str, Any]:
+    return {
+        "id": preview.id,
+        "user_id": preview.user_id,
+        "project_id": preview.project_id,
+        "state": preview.state.value,
+        "machine_id": preview.machine_id,
+        "created_at": preview.created_at,
+        "updated_at": preview.updated_at,
+        "last_activity_at": preview.last_activity_at,
+        "expires_at": preview.expires_at,
+        "ready_at": preview.ready_at,
+        "failure_reason": preview.failure_reason,
+        "failure_logs": list(preview.failure_logs),
+    }
+
+
+def _preview(row: RowMapping) -> Preview:
+    return Preview(
+        id=row["id"],
+        user_id=row["user_id"],
+        project_id=row["project_id"],
+        state=PreviewState(row["state"]),
+        machine_id=row["machine_id"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+        last_activity_at=_utc(row["last_activity_at"]),
+        expires_at=_utc(row["expires_at"]),
+        ready_at=_utc(row["ready_at"]) if row["ready_at"] else None,
+        failure_reason=row["failure_reason"],
+        failure_logs=tuple(row["failure_logs"] or ()),
+    )
+
+
+def _project(row: RowMapping) -> Project:
+    return Project(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        name=row["name"],
+        file_count=row["file_count"],
+        size_bytes=row["size_bytes"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
+    )

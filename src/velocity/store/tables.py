@@ -1,0 +1,59 @@
+"""The schema, as SQLAlchemy Core tables; migrations in ``migrations/versions`` create the same."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+LIVE_STATE_SQL = "state IN ('provisioning', 'booting', 'ready', 'stopping')"
+
+previews = sa.Table(
+    "previews",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("project_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("machine_id", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_activity_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ready_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("failure_reason", sa.Text, nullable=True),
+    sa.Column("failure_logs", sa.JSON, nullable=False, default=list),
+    sa.Index("ix_previews_user_state", "user_id", "state"),
+    # One live preview per (user, project): the database refuses a second one even under a race.
+    sa.Index(
+        "uq_previews_live_user_project",
+        "user_id",
+        "project_id",
+        unique=True,
+        sqlite_where=sa.text(LIVE_STATE_SQL),
+        postgresql_where=sa.text(LIVE_STATE_SQL),
+    ),
+)
+
+preview_events = sa.Table(
+    "preview_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("preview_id", sa.String(32), sa.ForeignKey("previews.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_preview_events_preview", "preview_id", "id"),
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner_id", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("file_count", sa.Integer, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,44 @@
+"""The whole orchestrator in-process: API and router over ASGI, an in-memory provider, mock agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.service.world import Agents
+
+from velocity.providers.fake import FakeProvider
+from velocity.runtime import Runtime
+from velocity.service import AgentClient
+from velocity.settings import Settings
+
+
+@dataclass
+class Orchestrator:
+    runtime: Runtime
+    client: httpx.AsyncClient
+    provider: FakeProvider
+    agents: Agents
+
+    def token(self, user: str = "alice") -> str:
+        return self.runtime.issuer.mint_user(user)
+
+    def auth(self, user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+
+@pytest.fixture
+async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
+    settings = Settings(velocity_data_dir=tmp_path, max_request_body_bytes=4096, _env_file=None)  # type: ignore[call-arg]
+    provider = FakeProvider()
+    agents = Agents()
+    runtime = await Runtime.open(
+        settings, provider=provider, agents=AgentClient(httpx.MockTransport(agents.handle))
+    )
+    transport = httpx.ASGITransport(app=runtime.asgi())
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        yield Orchestrator(runtime, client, provider, agents)
+    await runtime.close(stop_previews=True)

@@ -1,0 +1,80 @@
+"""Every fly.toml against the JSON schema of fly.toml, then read by ``velocity.deploy``.
+
+``fly-toml.schema.json`` beside this file is a copy of SchemaStore's schema (``shared/reference``),
+kept in the repository so that the suite runs wherever the repository is cloned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft7Validator  # type: ignore[import-untyped]
+from tests.deploy.deploy_files import PREVIEW_TEMPLATE, ROOT, fly_toml, project_files
+
+from velocity.deploy import FORBIDDEN_ENV, AutoStop, load_machine_template
+
+FLY_TOMLS = project_files("fly.toml")
+SCHEMA = json.loads((Path(__file__).parent / "fly-toml.schema.json").read_text(encoding="utf-8"))
+
+
+def test_both_apps_have_a_fly_toml() -> None:
+    """The orchestrator's app and the preview machines' template are where the guide says."""
+    assert {p.relative_to(ROOT).as_posix() for p in FLY_TOMLS} >= {"fly.toml", "preview-container/fly.toml"}
+
+
+@pytest.mark.parametrize("path", FLY_TOMLS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_fly_toml_is_valid_against_the_schema(path: Path) -> None:
+    """No key of a wrong type or an unknown enum value, by the schema's reading."""
+    errors = sorted(Draft7Validator(SCHEMA).iter_errors(fly_toml(path)), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize("path", FLY_TOMLS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_fly_toml_is_read_by_the_orchestrator(path: Path) -> None:
+    """``load_machine_template`` accepts it and finds one service with an HTTP check."""
+    template = load_machine_template(path)
+    assert len(template.services) == 1
+    assert template.health_path is not None
+    assert FORBIDDEN_ENV.isdisjoint(template.env)
+
+
+def test_the_preview_template_starts_the_image_s_own_command() -> None:
+    """No ``[experimental]`` cmd, entrypoint or exec: the seed's pair would run its command twice."""
+    assert "experimental" not in fly_toml(PREVIEW_TEMPLATE)
+
+
+def test_the_preview_template_leaves_stopping_machines_to_the_orchestrator() -> None:
+    """``auto_stop_machines`` is the string ``off``, and the proxy may still start a machine."""
+    template = load_machine_template(PREVIEW_TEMPLATE)
+    assert template.auto_stop is AutoStop.OFF
+    assert all(service.auto_start for service in template.services)
+
+
+def test_the_preview_template_check_belongs_to_its_service() -> None:
+    """The health check is a check of the service on the agent's port, not a top-level one."""
+    document = fly_toml(PREVIEW_TEMPLATE)
+    assert "checks" not in document
+    assert "http_checks" not in document
+    (service,) = load_machine_template(PREVIEW_TEMPLATE).services
+    assert [(c.type, c.method, c.path) for c in service.checks] == [("http", "GET", "/health")]
+
+
+def test_the_preview_template_restarts_a_crashed_agent_at_most_twice() -> None:
+    """Then the machine stops and the preview fails with its logs, as the Fly provider configures it."""
+    template = load_machine_template(PREVIEW_TEMPLATE)
+    assert template.restart is not None
+    assert (template.restart.policy, template.restart.max_retries) == ("on-failure", 2)
+    assert (template.stop_signal, template.stop_timeout) == ("SIGTERM", "10s")
+
+
+def test_the_preview_template_runs_dev_servers_with_their_dev_dependencies() -> None:
+    """``NODE_ENV=production`` would make npm skip devDependencies, where Vite is."""
+    assert load_machine_template(PREVIEW_TEMPLATE).env["NODE_ENV"] == "development"
+
+
+def test_the_schema_rejects_the_seed_s_boolean_auto_stop() -> None:
+    """The validation really checks: ``auto_stop_machines = true`` is no longer a valid value."""
+    errors = list(Draft7Validator(SCHEMA).iter_errors({"services": [{"auto_stop_machines": True}]}))
+    assert errors
