@@ -56,7 +56,7 @@ def make_provider(settings: Settings) -> MachineProvider:
         return LocalSandboxProvider(
             SandboxOptions(
                 root=settings.data_dir / "sandboxes",
-                npm_cache=settings.data_dir / "cache" / "npm",
+                npm_cache=settings.npm_cache_dir,
                 sandbox_uid=settings.local_sandbox_uid,
                 pids_max=settings.local_sandbox_pids_max,
                 allow_unisolated=settings.local_sandbox_allow_unisolated,

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     local_sandbox_uid: int = Field(
         65534, ge=1, description="LOCAL_SANDBOX_UID: unprivileged uid sandboxes run as when started by root"
     )
+    local_npm_cache_dir: Path | None = Field(
+        None, description="LOCAL_NPM_CACHE_DIR: npm cache shared by local sandboxes; data dir's cache/npm when unset"
+    )
     local_sandbox_pids_max: int = Field(
         512, ge=16, description="LOCAL_SANDBOX_PIDS_MAX: processes and threads per local sandbox"
     )
@@ -145,6 +148,10 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.velocity_data_dir.resolve()
+
+    @property
+    def npm_cache_dir(self) -> Path:
+        return (self.local_npm_cache_dir or self.data_dir / "cache" / "npm").resolve()
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -115,7 +115,9 @@ class Agent:
                 if self._reader.done():
                     await self._errors
                     printed = "\n".join(self.lines)
-                    raise AssertionError(f"the agent's stdout closed; it printed:\n{printed}\n{self.stderr.decode()}")
+                    raise AssertionError(
+                        f"the agent's stdout closed; it printed:\n{printed}\n{self.stderr.decode()}"
+                    )
                 await self._new_line.wait()
 
     async def serving(self) -> None:
@@ -152,14 +154,14 @@ class Agent:
 
 
 async def gone(pid: int, within: float = 10) -> bool:
-    """Wait until no process has ``pid``."""
+    """Wait until no process has ``pid`` (a zombie nobody has reaped yet counts as gone)."""
     async with asyncio.timeout(within):
         while True:
             try:
                 os.kill(pid, 0)
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/stat") as stat:  # noqa: ASYNC230 - procfs does not block
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return True
+            except (ProcessLookupError, FileNotFoundError):
                 return True
             await asyncio.sleep(0.02)
-
-
-AgentFactory = Callable[..., contextlib.AbstractAsyncContextManager[Agent]]

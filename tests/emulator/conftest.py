@@ -9,7 +9,7 @@ import pytest
 import stamina
 from tests.fly.support import APP, TOKEN, InstantClock, emulator_http
 
-from velocity.emulator import FlyEmulator
+from velocity.emulator import Faults, FlyEmulator
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,8 @@ def clock() -> InstantClock:
 
 @pytest.fixture
 async def emulator(clock: InstantClock) -> AsyncIterator[FlyEmulator]:
-    emulator = FlyEmulator(tokens=[TOKEN], clock=clock)
+    """Fly's rate limits are off here (raw calls have no limiter); ``test_faults`` turns them on."""
+    emulator = FlyEmulator(tokens=[TOKEN], clock=clock, faults=Faults(enforce_rate_limits=False))
     yield emulator
     await emulator.aclose()
 

@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from velocity.emulator import FlyEmulator
 from velocity.emulator.spec_check import SpecCheckingTransport
 from velocity.fly import FlyClient, RateLimiter, RetryPolicy
+from velocity.settings import Settings
 
 APP = "velocity-preview-containers"
 TOKEN = "test-token"
+
+
+class _IsolatedSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # not the environment, not .env
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings from these values and the defaults, whatever the environment or a .env file say."""
+    return _IsolatedSettings(**{"fly_api_token": TOKEN, "fly_app_name": APP, **values})
 
 
 class InstantClock:

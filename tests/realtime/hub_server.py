@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from tests.realtime.realtime_clients import JsClient, PyClient, RawClient
 from tests.realtime.tokens import anon_key, verify
 
 from velocity.clock import Clock
-from velocity.realtime import ChannelAuthorizer, HubLimits, RealtimeHub, allow_all
+from velocity.realtime import ChannelAuthorizer, HubLimits, RealtimeHub, TokenVerifier, allow_all
 
 TOPIC = "preview:proj-1"
 
@@ -63,16 +64,34 @@ class Served:
         await self.task
 
 
+class _Server(uvicorn.Server):
+    # The test process keeps its own signal handling.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve_hub(
-    *, limits: HubLimits | None = None, clock: Clock | None = None, authorizer: ChannelAuthorizer = allow_all
+    *,
+    limits: HubLimits | None = None,
+    clock: Clock | None = None,
+    authorizer: ChannelAuthorizer = allow_all,
+    verifier: TokenVerifier = verify,
 ) -> Served:
     """Serve a hub on 127.0.0.1, port 0 (the kernel picks), and wait until it listens."""
-    hub = RealtimeHub(verify, limits=limits, clock=clock, authorizer=authorizer)
+    hub = RealtimeHub(verifier, limits=limits, clock=clock, authorizer=authorizer)
     app = Starlette(routes=[Mount("/realtime/v1", app=hub.app)])
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", timeout_graceful_shutdown=5
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        lifespan="off",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,  # as the orchestrator should serve it (see HubLimits)
+        timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):
         while not server.started:

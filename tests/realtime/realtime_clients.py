@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from realtime.types import RealtimeChannelConfig
 from websockets.asyncio.client import ClientConnection, connect
 
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
@@ -83,7 +84,7 @@ class PyClient:
     async def subscribe(
         self, topic: str, *, echo_self: bool = False, ack: bool = False, presence_key: str | None = None
     ) -> Any:
-        config: dict[str, Any] = {
+        config: RealtimeChannelConfig = {
             "broadcast": {"self": echo_self, "ack": ack},
             "presence": {"key": presence_key or "", "enabled": presence_key is not None},
             "private": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from tests.realtime.hub_server import TOPIC, Served, StartHub
 from tests.realtime.realtime_clients import kind
@@ -181,3 +182,21 @@ async def test_the_authorizer_is_asked_again_on_refresh(start_hub: StartHub) -> 
         system["payload"]["message"]
         == f"You no longer have permission to read from this Channel topic: {TOPIC}"
     )
+
+
+async def broken_verifier(token: str, /) -> Claims:
+    raise RuntimeError("the JWKS endpoint is down")
+
+
+async def test_a_failing_verifier_is_a_500_with_a_json_error_not_a_crash(start_hub: StartHub) -> None:
+    """A verifier that breaks (not one that refuses) is the server's fault: 500, logged, hub still up."""
+    served = await start_hub(verifier=broken_verifier)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{served.ws_url}?apikey=anything")
+    assert refused.value.response.status_code == 500
+    assert refused.value.response.body == b'{"error":"Error connecting to Realtime"}'
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{served.http_url}/api/broadcast", json={}, headers={"apikey": "anything"}
+        )
+    assert (response.status_code, response.json()["error"]) == (500, "Error connecting to Realtime")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from tests.realtime.hub_server import TOPIC, Served
 from tests.realtime.realtime_clients import Event, eventually, kind
@@ -12,7 +14,7 @@ from realtime import RealtimeAcknowledgementStatus
 FILE = {"path": "src/App.tsx", "content": "export default () => <h1>Hi</h1>", "encoding": "utf8"}
 
 
-def has_key(key: str) -> object:
+def has_key(key: str) -> Callable[[Event], bool]:
     return lambda e: e["type"] == "presence" and key in e["state"]
 
 

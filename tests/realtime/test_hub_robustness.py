@@ -185,8 +185,10 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_the_others_get_eve
     """Bounded queues: the stalled connection is closed with a logged reason; fan-out never waits on it."""
     served = await start_hub(limits=HubLimits(queue_frames=16))
     # The stalled client: a small socket buffer and a read queue of one frame, never read from.
-    sock = socket.create_connection(("127.0.0.1", served.port))
+    # (Set before connecting: a buffer shrunk after the handshake drops segments instead of closing the window.)
+    sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", served.port))
     stalled = await served.raw(sock=sock, max_queue=1)
     await stalled.join(WIRE_TOPIC)
     fast = await served.raw(vsn="2.0.0")

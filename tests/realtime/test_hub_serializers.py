@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from realtime.message import ServerMessageAdapter
+from realtime.message import BroadcastMessage, ServerMessageAdapter
 
 from velocity.realtime.frames import Broadcast, Frame, FrameError
 from velocity.realtime.presence import Presence
@@ -109,7 +109,9 @@ def test_a_v1_broadcast_parses_with_the_python_clients_own_model(meta: dict[str,
     text = JSON_V1.encode_broadcast(TOPIC, Broadcast(event="log", payload={"line": "ok ✓"}, meta=meta))
     assert isinstance(text, str)
     message = ServerMessageAdapter.validate_json(text)
+    assert isinstance(message, BroadcastMessage)
     assert message.payload["payload"] == {"line": "ok ✓"}
+    assert message.payload.get("meta") == meta
 
 
 def test_a_json_broadcast_goes_to_v2_clients_as_a_fastlane_text_array() -> None:

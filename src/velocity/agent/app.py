@@ -56,11 +56,16 @@ class AgentApp:
 
     async def load_proxy(self) -> None:
         """Import the proxy off the event loop; until then requests for the app wait."""
-        proxy_class, self._upstream_class = await asyncio.to_thread(_import_proxy)
-        # The agent is reached only through the orchestrator's router or Fly's proxy, which set the
-        # forwarded headers; they are kept.
-        self._proxy = proxy_class(self._resolve, on_activity=self._status.touch, trust_forwarded=True)
-        self._proxy_loaded.set()
+        try:
+            proxy_class, self._upstream_class = await asyncio.to_thread(_import_proxy)
+            # The agent is reached only through the orchestrator's router or Fly's proxy, which set
+            # the forwarded headers; they are kept.
+            self._proxy = proxy_class(self._resolve, on_activity=self._status.touch, trust_forwarded=True)
+        except Exception as exc:  # a broken image: say so on /health rather than hang every request
+            self._logs.agent(f"failed: cannot load the reverse proxy: {exc!r}")
+            self._status.fail(f"the agent cannot load its reverse proxy: {exc!r}")
+        finally:
+            self._proxy_loaded.set()
 
     async def aclose(self) -> None:
         if self._proxy is not None:
@@ -77,7 +82,10 @@ class AgentApp:
         if kind not in ("http", "websocket"):
             return
         await self._proxy_loaded.wait()
-        assert self._proxy is not None  # set with the event
+        if self._proxy is None:
+            if kind == "http":
+                await _json(send, 503, {"error": "agent_error", "message": self._status.detail})
+            return
         await self._proxy(scope, receive, send)
 
     async def _own_endpoint(self, scope: Scope, send: Send) -> None:

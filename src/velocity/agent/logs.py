@@ -12,7 +12,7 @@ from typing import Any, Literal, TextIO
 Stream = Literal["stdout", "stderr", "agent"]
 
 CAPACITY = 2000
-MAX_LINE = 16 * 1024  # a minified bundle printed on one line must not take the buffer's memory
+MAX_LINE = 8 * 1024  # a minified bundle printed on one line must not take the buffer's memory
 
 
 def iso(epoch: float) -> str:
@@ -42,8 +42,13 @@ class LogBuffer:
             line = line[:MAX_LINE] + " [truncated]"
         self._lines.append(LogLine(stream, line, time.time()))
         if self._echo is not None:
-            self._echo.write(f"{stream}: {line}\n")
-            self._echo.flush()
+            try:
+                self._echo.write(f"{stream}: {line}\n")
+                self._echo.flush()
+            except (OSError, ValueError):
+                # Nobody reads the agent's stdout any more. Stop echoing rather than fail the pumps,
+                # which would leave the children blocked on full pipes.
+                self._echo = None
 
     def agent(self, message: str) -> None:
         self.add("agent", message)

@@ -62,8 +62,8 @@ async def run(config: AgentConfig, logs: LogBuffer, boot: Boot, started: float) 
                 await stopping.wait()
     logs.agent(f"stopping (exit code {int(code)})")
     status.close()
-    await _cancel(supervising)
-    await server.stop()
+    # Together: Fly sends SIGKILL 5 s after SIGTERM by default, and each may take a few seconds.
+    await asyncio.gather(_cancel(supervising), server.stop())
     await _cancel(loader)
     await app.aclose()
     return code

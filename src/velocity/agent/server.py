@@ -20,7 +20,7 @@ import uvicorn
 from velocity.agent.app import AgentApp
 from velocity.domain.errors import AgentError
 
-GRACEFUL_SHUTDOWN_SECONDS = 3
+GRACEFUL_SHUTDOWN_SECONDS = 2
 
 
 class _Server(uvicorn.Server):
@@ -67,7 +67,9 @@ class AgentServer:
             log_config=None,
             access_log=False,
             proxy_headers=False,
+            # The dev server's own Server and Date headers pass through; uvicorn's would double them.
             server_header=False,
+            date_header=False,
             ws="websockets-sansio",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )

@@ -81,6 +81,9 @@ def extract(data: bytes, destination: Path) -> int:
             if sum(member.size for member in members) > MAX_UNPACKED_BYTES:
                 raise BadRequest(f"the snapshot unpacks to more than {MAX_UNPACKED_BYTES // 2**20} MiB")
             for member in members:
+                # The data filter would make an absolute name relative; such an archive is refused instead.
+                if member.name.startswith("/"):
+                    raise BadRequest(f"the snapshot was refused: {member.name[:80]!r} is an absolute path")
                 tarfile.data_filter(member, root)
             archive.extractall(root, members=members, filter="data")
     except tarfile.FilterError as exc:

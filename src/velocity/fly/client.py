@@ -41,6 +41,9 @@ from velocity.providers.base import META_CREATE_TAG
 from velocity.settings import Settings
 
 NONCE_HEADER = "fly-machine-lease-nonce"
+# The client keeps 10% under Fly's documented rates: Fly's buckets start when our first call lands,
+# a little after ours, and jitter in latency must not tip a call over the limit.
+CLIENT_MARGIN = 0.9
 # Fly's proxy cuts requests at 60 s, so one wait call never asks for more (fly-go clamps the same way).
 MAX_WAIT_SLICE = 60
 
@@ -99,7 +102,7 @@ class FlyClient:
         self._http = http
         self._authorization = authorization_header(token)
         self._clock = clock or SystemClock()
-        self._limiter = limiter or RateLimiter(self._clock)
+        self._limiter = limiter or RateLimiter(self._clock, scale=CLIENT_MARGIN)
         self._policy = policy or RetryPolicy()
 
     @classmethod

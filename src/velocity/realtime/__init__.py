@@ -10,12 +10,31 @@ ever delivered on them) and keeps no message history.
 
 Authentication is the owner's: the hub takes a ``TokenVerifier`` (token -> claims, or ``Unauthorized``)
 and optionally a ``ChannelAuthorizer`` (claims, topic -> ``Forbidden`` or not). The channel contract the
-editor and the agent speak on top of it is ``docs/protocol.md``.
+editor and the agent speak on top of it is ``contract`` (names and types) and ``docs/protocol.md``.
+
+The hub's names load on first use, so that ``velocity.realtime.contract`` stays free for the agent,
+whose start is on the critical path of every preview.
 """
 
-from velocity.realtime.auth import ChannelAuthorizer, Claims, TokenVerifier, allow_all
-from velocity.realtime.core import HubLimits, HubStats
-from velocity.realtime.hub import RealtimeHub
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from velocity.realtime.auth import ChannelAuthorizer, Claims, TokenVerifier, allow_all
+    from velocity.realtime.core import HubLimits, HubStats
+    from velocity.realtime.hub import RealtimeHub
+
+_HOMES = {
+    "ChannelAuthorizer": "velocity.realtime.auth",
+    "Claims": "velocity.realtime.auth",
+    "TokenVerifier": "velocity.realtime.auth",
+    "allow_all": "velocity.realtime.auth",
+    "HubLimits": "velocity.realtime.core",
+    "HubStats": "velocity.realtime.core",
+    "RealtimeHub": "velocity.realtime.hub",
+}
 
 __all__ = [
     "ChannelAuthorizer",
@@ -26,3 +45,10 @@ __all__ = [
     "TokenVerifier",
     "allow_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'velocity.realtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

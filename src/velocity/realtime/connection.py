@@ -54,10 +54,6 @@ class Connection:
     def serializer(self) -> Serializer:
         return self._serializer
 
-    @property
-    def closing(self) -> bool:
-        return self._close is not None
-
     def push(self, data: str | bytes) -> None:
         if self._close is not None:
             return

@@ -103,7 +103,8 @@ class RealtimeHub:
 
         await websocket.accept()
         client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
-        connection = Connection(websocket, serializer, self._core, who=f"{client} role={claims.get('role')}")
+        who = f"{client} role={claims.get('role')}" + (f" sub={claims['sub']}" if "sub" in claims else "")
+        connection = Connection(websocket, serializer, self._core, who=who)
         session = Session(self._core, connection, token=token, claims=claims)
         current = asyncio.current_task()
         assert current is not None

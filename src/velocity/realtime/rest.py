@@ -82,6 +82,9 @@ class BroadcastEndpoints:
             return await self._core.verifier(token)
         except Unauthorized as exc:
             raise _Refused(401, exc.message) from exc
+        except Exception as exc:
+            logger.exception("realtime: the token verifier failed")
+            raise _Refused(500, "Error connecting to Realtime") from exc
 
     async def _authorize(self, claims: Claims, topic: str) -> None:
         try:

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import secrets
 import string
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from velocity.auth import Caller, TokenIssuer
 from velocity.clock import Clock
@@ -46,6 +48,7 @@ from velocity.store import Store
 
 log = logging.getLogger(__name__)
 
+BOOTING_STATES = frozenset({PreviewState.PROVISIONING, PreviewState.BOOTING})
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 12
 # The router does not write every request to the database: activity is flushed at most this often.
@@ -90,7 +93,8 @@ class PreviewService:
             max_per_user=settings.max_containers_per_user,
         )
         self._tasks = TaskSet()
-        self._settled: dict[str, asyncio.Event] = {}
+        # Notified on every state change this service makes; waiters re-read the store.
+        self._changed = asyncio.Condition()
         self._endpoints: dict[str, AgentEndpoint] = {}
         self._flushed: dict[str, datetime] = {}
 
@@ -113,7 +117,6 @@ class PreviewService:
         )
         outcome = await self._store.create_preview(preview, limit=self.limits.max_per_user)
         if outcome.created:
-            self._settled[preview.id] = asyncio.Event()
             self._tasks.start(f"launch:{preview.id}", self._launch(preview))
         return outcome
 
@@ -174,29 +177,34 @@ class PreviewService:
         preview = await self._store.find_preview(preview_id)
         if preview is None:
             raise NotFound(f"no preview {preview_id}")
-        if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
-            settled = self._settled.setdefault(preview_id, asyncio.Event())
-            try:
-                async with asyncio.timeout(wait):
-                    await settled.wait()
-            except TimeoutError:
-                raise Unavailable(
-                    f"preview {preview_id} is still {preview.state.value}; retry shortly"
-                ) from None
-            preview = await self._store.get_preview(preview_id)
+        if preview.state in BOOTING_STATES:
+            preview = await self.settled(preview_id, timeout=wait)
+            if preview.state in BOOTING_STATES:
+                raise Unavailable(f"preview {preview_id} is still {preview.state.value}; retry shortly")
         if preview.state != PreviewState.READY:
             reason = f": {preview.failure_reason}" if preview.failure_reason else ""
             raise PreviewGone(f"preview {preview_id} is {preview.state.value}{reason}")
         return await self._endpoint(preview)
 
+    async def wait_for(
+        self, preview_id: str, condition: Callable[[Preview], bool], *, timeout: float
+    ) -> Preview:
+        """The preview once ``condition`` holds, or as it is after ``timeout`` seconds."""
+        preview = await self._store.get_preview(preview_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                while not condition(preview):
+                    await self._changed.wait()
+                    preview = await self._store.get_preview(preview_id)
+        return preview
+
     async def settled(self, preview_id: str, *, timeout: float) -> Preview:
         """The preview once it is no longer provisioning or booting (or after ``timeout`` s)."""
-        preview = await self._store.get_preview(preview_id)
-        if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._settled.setdefault(preview_id, asyncio.Event()).wait()
-        return await self._store.get_preview(preview_id)
+        return await self.wait_for(preview_id, lambda p: p.state not in BOOTING_STATES, timeout=timeout)
+
+    async def ended(self, preview_id: str, *, timeout: float) -> Preview:
+        """The preview once it has stopped or failed (or after ``timeout`` s)."""
+        return await self.wait_for(preview_id, lambda p: not p.is_live, timeout=timeout)
 
     def record_activity(self, preview_id: str) -> None:
         """Called by the router on every request and websocket frame; cheap, written in batches."""
@@ -256,7 +264,7 @@ class PreviewService:
         except PreviewError as exc:
             await self.fail(preview.id, f"could not create a machine: {exc.message}")
             return
-        booting = await self._store.update_preview(
+        booting = await self._update(
             preview.id,
             expect={PreviewState.PROVISIONING},
             state=PreviewState.BOOTING,
@@ -293,7 +301,7 @@ class PreviewService:
             if health.ready:
                 break
         now = self._clock.now()
-        ready = await self._store.update_preview(
+        ready = await self._update(
             preview.id,
             expect={PreviewState.BOOTING},
             state=PreviewState.READY,
@@ -303,7 +311,6 @@ class PreviewService:
             detail=f"serving after {(now - preview.created_at).total_seconds():.2f} s",
         )
         self._endpoints[preview.id] = endpoint
-        self._settle(preview.id)
         if ready is not None:
             self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
 
@@ -341,7 +348,7 @@ class PreviewService:
         if preview is None or not preview.is_live:
             return preview
         lines = await self._last_lines(preview)
-        failed = await self._store.update_preview(
+        failed = await self._update(
             preview_id,
             expect=LIVE_STATES,
             state=PreviewState.FAILED,
@@ -356,7 +363,7 @@ class PreviewService:
 
     async def stop(self, preview: Preview, reason: str) -> Preview:
         """Stop a preview for good: ``stopping``, machine destroyed, ``stopped``."""
-        stopping = await self._store.update_preview(
+        stopping = await self._update(
             preview.id,
             expect=LIVE_STATES - {PreviewState.STOPPING},
             state=PreviewState.STOPPING,
@@ -366,7 +373,7 @@ class PreviewService:
         if stopping is None:
             return await self._store.get_preview(preview.id)
         await self._release(stopping)
-        stopped = await self._store.update_preview(
+        stopped = await self._update(
             preview.id,
             expect={PreviewState.STOPPING},
             state=PreviewState.STOPPED,
@@ -380,7 +387,6 @@ class PreviewService:
         self._tasks.cancel(f"watch:{preview.id}")
         self._endpoints.pop(preview.id, None)
         self._flushed.pop(preview.id, None)
-        self._settle(preview.id)
         if preview.machine_id:
             await self._destroy(preview.machine_id)
 
@@ -391,8 +397,12 @@ class PreviewService:
             # The reconciler destroys machines that no live preview owns on its next pass.
             log.warning("destroying machine %s failed (%s); the reconciler will retry", machine_id, exc)
 
-    def _settle(self, preview_id: str) -> None:
-        self._settled.setdefault(preview_id, asyncio.Event()).set()
+    async def _update(self, preview_id: str, **changes: Any) -> Preview | None:
+        """Every state change of the service goes through here, so waiters hear of it."""
+        updated = await self._store.update_preview(preview_id, **changes)
+        async with self._changed:
+            self._changed.notify_all()
+        return updated
 
     async def _last_lines(self, preview: Preview, tail: int = 50) -> tuple[str, ...]:
         if preview.machine_id is None:
@@ -447,7 +457,7 @@ class PreviewService:
                 continue
             machine = found
             if preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
-                adopted = await self._store.update_preview(
+                adopted = await self._update(
                     preview.id,
                     expect={PreviewState.PROVISIONING, PreviewState.BOOTING},
                     state=PreviewState.BOOTING,

@@ -10,11 +10,14 @@ import readline from 'node:readline'
 import { RealtimeClient } from '@supabase/realtime-js'
 import ws from 'ws'
 
+const now = () => performance.timeOrigin + performance.now()
+
 const [url, apikey, vsn = '2.0.0'] = process.argv.slice(2)
-const client = new RealtimeClient(url, { params: { apikey }, transport: ws, vsn, timeout: 5000, logger: process.env.RT_DEBUG ? (k, m, d) => process.stderr.write(`${now().toFixed(1)} ${k} ${m}\n`) : undefined })
+// RT_DEBUG=1 logs the client's own view of every push and receive to stderr.
+const logger = process.env.RT_DEBUG ? (kind, msg) => process.stderr.write(`${now().toFixed(1)} ${kind} ${msg}\n`) : undefined
+const client = new RealtimeClient(url, { params: { apikey }, transport: ws, vsn, timeout: 5000, logger })
 const channels = new Map()
 
-const now = () => performance.timeOrigin + performance.now()
 const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n')
 const hex = (buffer) => Buffer.from(buffer).toString('hex')
 const wire = (payload) => (payload instanceof ArrayBuffer ? { hex: hex(payload) } : payload)
@@ -41,8 +44,9 @@ const ops = {
       })
     })
   },
-  send({ topic, event, payload, hex: bytes = null }) {
-    const body = bytes === null ? payload : new Uint8Array(Buffer.from(bytes, 'hex')).buffer
+  send({ topic, event, payload, hex: bytes = null, stamp = false }) {
+    let body = bytes === null ? payload : new Uint8Array(Buffer.from(bytes, 'hex')).buffer
+    if (stamp) body = { ...body, sent_at: now() }
     return channels.get(topic).send({ type: 'broadcast', event, payload: body })
   },
   async httpSend({ topic, event, payload }) {

@@ -61,6 +61,20 @@ class Cgroup:
             pass
         return 0
 
+    def pids_limit_hits(self) -> int:
+        """How many forks the pids limit refused."""
+        pids = self.dirs.get("pids") or self.dirs.get("unified")
+        if pids is None:
+            return 0
+        try:
+            for line in (pids / "pids.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+        except (FileNotFoundError, ValueError):
+            pass
+        return 0
+
     def kill_all(self) -> None:
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():
             (self.dirs["unified"] / "cgroup.kill").write_text("1")

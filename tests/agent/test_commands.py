@@ -1,0 +1,80 @@
+"""Which commands install a project and start its dev server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from velocity.agent.commands import dev_command, install_command
+from velocity.domain.errors import BadRequest
+
+
+def _project(root: Path, dev: str | None, *, vite: bool = False, lockfile: bool = False) -> Path:
+    scripts = {"dev": dev} if dev is not None else {}
+    (root / "package.json").write_text(json.dumps({"name": "p", "scripts": scripts}))
+    if vite:
+        (root / "node_modules/vite/bin").mkdir(parents=True)
+        (root / "node_modules/vite/bin/vite.js").write_text("")
+    if lockfile:
+        (root / "package-lock.json").write_text("{}")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("script", "extra"),
+    [
+        ("vite", []),
+        ("vite --mode staging", ["--mode", "staging"]),
+        ("vite --host 0.0.0.0 --port=3000 --strictPort --mode x", ["--mode", "x"]),
+        ("vite --host --mode x", ["--mode", "x"]),
+    ],
+)
+def test_vite_runs_from_its_entry_file_on_the_agents_port(
+    tmp_path: Path, script: str, extra: list[str]
+) -> None:
+    """A plain vite dev script runs as node vite.js, never npx, with the agent's host and port."""
+    command = dev_command(_project(tmp_path, script, vite=True), 5173, {"AGENT_TOKEN": "t", "PATH": "/bin"})
+    expected = ["node", "node_modules/vite/bin/vite.js", *extra, "--host", "127.0.0.1", "--port", "5173"]
+    assert list(command.argv) == [*expected, "--strictPort"]
+    assert "AGENT_TOKEN" not in command.env
+    assert command.env["PATH"] == "/bin"
+
+
+@pytest.mark.parametrize(
+    ("script", "vite"),
+    [("node server.js", True), ("vite && echo done", True), ("vite", False), ("next dev", True)],
+)
+def test_anything_else_runs_as_npm_run_dev_with_port_and_host(
+    tmp_path: Path, script: str, vite: bool
+) -> None:
+    """Other scripts, shell syntax, or vite missing from node_modules go through npm with PORT and HOST."""
+    command = dev_command(_project(tmp_path, script, vite=vite), 4000, {})
+    assert command.argv == ("npm", "run", "dev")
+    assert (command.env["PORT"], command.env["HOST"]) == ("4000", "127.0.0.1")
+
+
+def test_a_project_without_a_dev_script_is_refused(tmp_path: Path) -> None:
+    """No scripts.dev is a clear error naming what to add."""
+    with pytest.raises(BadRequest, match='"dev" script'):
+        dev_command(_project(tmp_path, None), 4000, {})
+
+
+def test_a_lockfile_installs_with_npm_ci(tmp_path: Path) -> None:
+    """A lockfile and no node_modules: npm ci, preferring the shared cache."""
+    command = install_command(_project(tmp_path, "vite", lockfile=True), {})
+    assert command is not None
+    assert command.argv == ("npm", "ci", "--prefer-offline", "--no-audit", "--no-fund")
+
+
+def test_an_existing_node_modules_is_kept(tmp_path: Path) -> None:
+    """npm ci would delete a node_modules the provider placed; npm install keeps it."""
+    command = install_command(_project(tmp_path, "vite", vite=True, lockfile=True), {})
+    assert command is not None
+    assert command.argv[:2] == ("npm", "install")
+
+
+def test_no_package_json_means_nothing_to_install(tmp_path: Path) -> None:
+    """Without package.json there is no install step."""
+    assert install_command(tmp_path, {}) is None

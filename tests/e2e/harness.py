@@ -1,0 +1,129 @@
+"""A real orchestrator on a loopback port with real bubblewrap sandboxes, and ways to talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from velocity.projects import pack_directory
+from velocity.server import Running, running
+from velocity.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "react-vite"
+PROJECTS = Path(__file__).resolve().parent / "projects"
+
+
+@dataclass
+class Live:
+    """A running orchestrator, seen from outside: its port, an API client, a user token."""
+
+    running: Running
+    api: httpx.AsyncClient
+    token: str
+
+    @property
+    def port(self) -> int:
+        return self.running.settings.velocity_port
+
+    @property
+    def settings(self) -> Settings:
+        return self.running.settings
+
+    async def import_project(self, directory: Path, project_id: str) -> None:
+        snapshot = pack_directory(directory, max_bytes=self.settings.max_project_bytes)
+        response = await self.api.put(
+            f"/v1/projects/{project_id}", content=snapshot.data, headers={"content-type": "application/gzip"}
+        )
+        response.raise_for_status()
+
+    async def create(self, project_id: str) -> dict[str, Any]:
+        response = await self.api.post("/v1/previews", json={"project_id": project_id})
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def settled(self, preview_id: str, timeout: float = 90) -> dict[str, Any]:
+        await self.running.runtime.previews.settled(preview_id, timeout=timeout)
+        response = await self.api.get(f"/v1/previews/{preview_id}")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def ended(self, preview_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The preview once it has stopped or failed on its own."""
+        await self.running.runtime.previews.ended(preview_id, timeout=timeout)
+        body: dict[str, Any] = (await self.api.get(f"/v1/previews/{preview_id}")).json()
+        return body
+
+    def host(self, preview_id: str) -> str:
+        return f"{preview_id}.{self.settings.preview_domain}:{self.port}"
+
+    async def fetch(self, preview_id: str, path: str = "/") -> httpx.Response:
+        """GET a path of the preview through the router, as a browser would."""
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as client:
+            return await client.get(path, headers={"host": self.host(preview_id)})
+
+    @asynccontextmanager
+    async def websocket(
+        self, preview_id: str, path: str, *, subprotocol: str
+    ) -> AsyncIterator[ClientConnection]:
+        """A websocket to the preview through the router (the host name is ours, the socket loopback)."""
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        uri = f"ws://{self.host(preview_id)}{path}"
+        async with connect(uri, sock=sock, subprotocols=[subprotocol], open_timeout=20) as ws:  # type: ignore[list-item]
+            yield ws
+
+
+@asynccontextmanager
+async def live_orchestrator(
+    *, npm_cache: Path, data: Path | None = None, keep_previews: bool = False, **overrides: Any
+) -> AsyncIterator[Live]:
+    """An orchestrator on 127.0.0.1:<free port> with its own data directory (short, for socket paths).
+
+    With ``data`` the directory is the caller's and survives; ``keep_previews`` leaves the sandboxes
+    running on exit, as a crashed or restarted orchestrator would.
+    """
+    owned = data is None
+    data = data or Path(tempfile.mkdtemp(prefix="vp-"))
+    settings = Settings(
+        velocity_data_dir=data,
+        velocity_port=0,
+        local_npm_cache_dir=npm_cache,
+        _env_file=None,  # type: ignore[call-arg]
+        **overrides,
+    )
+    try:
+        async with running(settings, stop_previews=not keep_previews) as orchestrator:
+            token = orchestrator.runtime.issuer.mint_user("e2e-user")
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{orchestrator.settings.velocity_port}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ) as api:
+                yield Live(orchestrator, api, token)
+    finally:
+        if owned:
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def warm_npm_cache(npm_cache: Path) -> None:
+    """Build the example once in a sandbox, so every later preview installs from a warm cache."""
+
+    async def build() -> None:
+        async with live_orchestrator(npm_cache=npm_cache) as live:
+            await live.import_project(EXAMPLE, "example")
+            preview = await live.create("example")
+            ready = await live.settled(preview["id"], timeout=180)
+            assert ready["state"] == "ready", ready
+
+    asyncio.run(build())
