@@ -13,8 +13,9 @@ from velocity.emulator import Faults, FlyEmulator
 from velocity.providers.base import AgentEndpoint
 from velocity.providers.simulated import SimulatedProvider
 
+IMAGE = "ghcr.io/velocity/preview-container:1.0.0"
 CONFIG = {
-    "image": "ghcr.io/velocity/preview-container:1.0.0",
+    "image": IMAGE,
     "guest": {"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096},
     "env": {"PROJECT_ID": "p1"},
     "metadata": {"project_id": "p1"},
@@ -85,7 +86,7 @@ async def test_the_fly_config_becomes_the_backing_machine_spec(
     await start(http)
     [spec] = provider.specs
     assert spec == MachineSpec(
-        image=CONFIG["image"],  # type: ignore[arg-type]
+        image=IMAGE,
         memory_mb=4096,
         cpus=2,
         cpu_kind="performance",

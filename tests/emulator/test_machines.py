@@ -35,7 +35,7 @@ async def create(http: httpx.AsyncClient, machines: str, **extra: Any) -> dict[s
 async def wait(
     http: httpx.AsyncClient, machines: str, machine_id: str, *states: str, timeout: int = 5
 ) -> httpx.Response:
-    params = [("state", s) for s in states] + [("timeout", str(timeout))]
+    params = (*(("state", s) for s in states), ("timeout", str(timeout)))
     return await http.get(f"{machines}/{machine_id}/wait", params=params)
 
 
@@ -102,9 +102,8 @@ async def test_wait_takes_states_repeated_or_comma_separated(
     """``state=a&state=b`` (fly-go) and ``state=a,b`` (the spec's description; its enum disagrees) both work."""
     http = lenient_http
     machine = await create(http, machines)
-    response = await http.get(
-        f"{machines}/{machine['id']}/wait", params=[("state", s) for s in spelling] + [("timeout", "5")]
-    )
+    params = (*(("state", s) for s in spelling), ("timeout", "5"))
+    response = await http.get(f"{machines}/{machine['id']}/wait", params=params)
     assert response.json()["state"] == "started"
 
 
@@ -150,7 +149,10 @@ async def test_list_filters_by_metadata_state_region_and_hides_destroyed(
     await wait(http, machines, b["id"], "started")
     await http.delete(f"{machines}/{b['id']}", params={"force": "true"})
     await wait(http, machines, b["id"], "destroyed")
-    ids = lambda response: [m["id"] for m in response.json()]  # noqa: E731
+
+    def ids(response: httpx.Response) -> list[str]:
+        return [m["id"] for m in response.json()]
+
     assert ids(await http.get(machines, params={"metadata.project_id": "p1"})) == [a["id"]]
     assert ids(await http.get(machines, params={"metadata.project_id": "p2"})) == []
     assert ids(await http.get(machines, params={"metadata.project_id": "p2", "include_deleted": "true"})) == [
@@ -341,11 +343,12 @@ async def test_a_machine_whose_process_exits_stops_unless_its_policy_restarts_it
     for policy, final in (("no", "stopped"), ("always", "started")):
         machine = await create(http, machines, config={**CONFIG, "restart": {"policy": policy}})
         await wait(http, machines, machine["id"], "started")
+        before = (await http.get(f"{machines}/{machine['id']}")).json()["events"][0]["id"]
         backing = emulator.fleet.machines[machine["id"]].backing_id
         assert backing is not None
         await provider.exit(backing, reason="exit code 137")
-        await wait(http, machines, machine["id"], "stopped")
-        answer = await wait(http, machines, machine["id"], final)
+        params = {"state": final, "from_event_id": before, "timeout": "5"}
+        answer = await http.get(f"{machines}/{machine['id']}/wait", params=params)
         assert answer.json()["state"] == final
         events = (await http.get(f"{machines}/{machine['id']}")).json()["events"]
         assert any(e["type"] == "exit" for e in events)

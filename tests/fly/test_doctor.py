@@ -6,11 +6,11 @@ import pytest
 from tests.fly.support import InstantClock, emulator_client, make_settings
 
 from velocity.emulator import FlyEmulator
-from velocity.fly.doctor import check_fly, check_settings
+from velocity.fly.doctor import Check, check_fly, check_settings
 from velocity.settings import ProviderKind
 
 
-def failed(checks: list) -> dict[str, str]:  # type: ignore[type-arg]
+def failed(checks: list[Check]) -> dict[str, str]:
     return {c.name: c.fix or "" for c in checks if c.failed}
 
 

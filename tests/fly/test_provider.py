@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from tests.fly.support import InstantClock, emulator_client, make_settings
@@ -10,6 +11,7 @@ from tests.fly.support import InstantClock, emulator_client, make_settings
 from velocity.domain import CapacityError, MachineSpec, MachineState, ProviderError
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly.machine_config import MachinePlan, default_template
+from velocity.fly.types import MachineEvent
 from velocity.providers.fly import FlyProvider, machine_from_json
 
 SPEC = MachineSpec(
@@ -53,9 +55,7 @@ async def test_every_region_full_is_a_capacity_error_naming_them(
 
 async def test_the_spec_region_is_tried_first(provider: FlyProvider) -> None:
     """A spec naming a region gets it."""
-    machine = await provider.create(
-        MachineSpec(**{**{f: getattr(SPEC, f) for f in SPEC.__slots__}, "region": "ams"})
-    )  # type: ignore[arg-type]
+    machine = await provider.create(replace(SPEC, region="ams"))
     assert machine.region == "ams"
 
 
@@ -115,8 +115,8 @@ def test_an_unknown_state_is_an_error_not_a_guess() -> None:
 
 def test_the_exit_reason_comes_from_the_latest_exit_event() -> None:
     """Out of memory, a requested stop, or the exit code."""
-    event = {"type": "exit", "request": {"exit_event": {"exit_code": 137, "oom_killed": True}}}
-    machine = machine_from_json({"id": "m", "state": "stopped", "events": [event]})  # type: ignore[list-item]
+    event: MachineEvent = {"type": "exit", "request": {"exit_event": {"exit_code": 137, "oom_killed": True}}}
+    machine = machine_from_json({"id": "m", "state": "stopped", "events": [event]})
     assert machine.exit_reason == "out of memory"
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from tests.realtime.realtime_clients import JsClient, PyClient, RawClient
+from tests.realtime.realtime_clients import JsClient, PyClient, RawClient, eventually
 from tests.realtime.tokens import anon_key, verify
 
 from velocity.clock import Clock
@@ -27,7 +25,6 @@ class Served:
     hub: RealtimeHub
     port: int
     server: uvicorn.Server
-    task: asyncio.Task[None]
     apikey: str = field(default_factory=anon_key)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -60,15 +57,13 @@ class Served:
         for close in reversed(self._closers):
             await close()
         await self.hub.close()
-        self.server.should_exit = True
-        await self.task
-
-
-class _Server(uvicorn.Server):
-    # The test process keeps its own signal handling.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+        # uvicorn's own shutdown waits in 100 ms steps; with every client gone, closing the listener
+        # and letting the connection tasks finish is the same, without the waits.
+        for connection in list(self.server.server_state.connections):
+            connection.shutdown()
+        for listener in self.server.servers:
+            listener.close()
+        await eventually(lambda: not self.server.server_state.tasks)
 
 
 async def serve_hub(
@@ -78,7 +73,7 @@ async def serve_hub(
     authorizer: ChannelAuthorizer = allow_all,
     verifier: TokenVerifier = verify,
 ) -> Served:
-    """Serve a hub on 127.0.0.1, port 0 (the kernel picks), and wait until it listens."""
+    """Serve a hub under uvicorn on 127.0.0.1, port 0 (the kernel picks), in this event loop."""
     hub = RealtimeHub(verifier, limits=limits, clock=clock, authorizer=authorizer)
     app = Starlette(routes=[Mount("/realtime/v1", app=hub.app)])
     config = uvicorn.Config(
@@ -89,17 +84,13 @@ async def serve_hub(
         lifespan="off",
         ws="websockets-sansio",
         ws_per_message_deflate=False,  # as the orchestrator should serve it (see HubLimits)
-        timeout_graceful_shutdown=5,
     )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
     port = server.servers[0].sockets[0].getsockname()[1]
-    return Served(hub, port, server, task)
+    return Served(hub, port, server)
 
 
 StartHub = Callable[..., Awaitable[Served]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import replace
@@ -25,6 +26,7 @@ from velocity.providers.base import META_OWNER, META_PREVIEW_ID, META_PROJECT_ID
 from velocity.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from velocity.fly.types import MachineJSON
     from velocity.providers.fly import FlyProvider
 
 fly_app = typer.Typer(no_args_is_help=True, help="Fly.io: the emulator, a smoke test, the doctor, machines.")
@@ -34,6 +36,9 @@ fly_app.add_typer(machines_app, name="machines")
 console = Console(highlight=False)
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_TRANSIENT = frozenset(
+    {"creating", "starting", "stopping", "restarting", "suspending", "destroying", "updating", "replacing"}
+)
 
 
 def parse_age(text: str) -> timedelta:
@@ -110,14 +115,22 @@ def fly_emulator(
 @fly_app.command("smoke-test")
 def smoke_test(
     timeout: Annotated[float, typer.Option(help="Seconds allowed for each wait.")] = 120.0,
-    direct: Annotated[
-        bool, typer.Option(help="Call /health on the agent (needs the private network).")
-    ] = False,
+    health: Annotated[
+        str,
+        typer.Option(
+            help="How /health is checked: 'checks' (Fly runs it), 'direct' (call the agent over the private "
+            "network) or 'auto' (direct when running on Fly)."
+        ),
+    ] = "auto",
     keep: Annotated[bool, typer.Option(help="Leave the machine running for inspection.")] = False,
 ) -> None:
     """Create a machine from the configured image, wait until it serves /health, destroy it."""
     from velocity.fly.smoke import SmokeTest, smoke_spec
 
+    if health not in ("auto", "checks", "direct"):
+        raise typer.BadParameter("--health must be auto, checks or direct")
+    # Fly sets FLY_MACHINE_ID in every machine: there the private network reaches the agent.
+    direct = health == "direct" or (health == "auto" and "FLY_MACHINE_ID" in os.environ)
     settings = _settings()
 
     async def run() -> bool:
@@ -211,10 +224,14 @@ def machines_count(
 @machines_app.command("stuck")
 def machines_stuck(
     older_than: Annotated[str, typer.Option(help="Age past which a machine is stuck: 1h, 90m...")] = "1h",
+    wedged_after: Annotated[
+        str, typer.Option(help="Time in a transient state past which it is wedged.")
+    ] = "5m",
     destroy: Annotated[bool, typer.Option(help="Destroy them.")] = False,
 ) -> None:
-    """Our machines older than --older-than (no preview lives that long); --destroy removes them."""
-    limit = parse_age(older_than)
+    """Our machines older than --older-than (no preview lives that long), or wedged in a transient state
+    (starting, stopping, destroying... for longer than --wedged-after); --destroy removes them."""
+    limit, wedged = parse_age(older_than), parse_age(wedged_after)
     settings = _settings()
 
     async def run() -> int:
@@ -222,28 +239,54 @@ def machines_stuck(
         failures = 0
         try:
             now = datetime.now(UTC)
+            found = await provider.client.list_machines(metadata={META_OWNER: OWNER_VALUE})
             stuck = [
-                m
-                for m in await provider.list(metadata={META_OWNER: OWNER_VALUE})
-                if now - m.created_at > limit
+                (m, why)
+                for m in found
+                if (why := stuck_reason(m, now, older_than=limit, wedged_after=wedged))
             ]
-            for machine in stuck:
-                line = f"{machine.id} {machine.state} age {_age(now - machine.created_at)}"
+            for machine, why in stuck:
+                line = f"{machine['id']} {machine.get('state')} {why}"
                 if destroy:
                     try:
-                        await provider.destroy(machine.id, force=True)
+                        await provider.destroy(machine["id"], force=True)
                         line += " [green]destroyed[/green]"
                     except PreviewError as exc:
                         failures += 1
                         line += f" [red]not destroyed: {exc.message}[/red]"
                 console.print(line)
-            console.print(f"{len(stuck)} machine(s) older than {older_than}")
+            console.print(f"{len(stuck)} machine(s) older than {older_than} or wedged for {wedged_after}")
         finally:
             await provider.aclose()
         return failures
 
-    if asyncio.run(run()):
+    try:
+        failures = asyncio.run(run())
+    except PreviewError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    if failures:
         raise typer.Exit(1)
+
+
+def stuck_reason(
+    machine: MachineJSON, now: datetime, *, older_than: timedelta, wedged_after: timedelta
+) -> str | None:
+    """Why a machine of ours is stuck, or ``None``. Fly calls a machine wedged after minutes in a
+    transient state (docs: 5 min for starting, stopping, restarting, destroying; 10 for updating)."""
+    from velocity.providers.fly import parse_time
+
+    if machine.get("state") == "destroyed":
+        return None
+    age = now - parse_time(machine.get("created_at"))
+    if age > older_than:
+        return f"age {_age(age)}"
+    state = machine.get("state", "")
+    in_state = now - parse_time(machine.get("updated_at") or machine.get("created_at"))
+    limit = wedged_after * 2 if state in ("updating", "replacing") else wedged_after
+    if state in _TRANSIENT and in_state > limit:
+        return f"{state} for {_age(in_state)}"
+    return None
 
 
 def _fly_provider(settings: Settings) -> FlyProvider:

@@ -203,8 +203,11 @@ class Fleet:
     # --- transitions, one at a time per machine -------------------------------------------------
     def schedule(self, machine: EmulatedMachine, step: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:
-            async with machine.lock:
-                await step
+            try:
+                async with machine.lock:
+                    await step
+            finally:
+                step.close()  # a step cancelled before it began is closed, never left un-awaited
 
         task = asyncio.create_task(run(), name=f"fly-emulator-{machine.id}")
         self._tasks.add(task)

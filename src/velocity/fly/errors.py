@@ -83,7 +83,7 @@ def error_from_response(response: httpx.Response, *, action: str) -> PreviewErro
         return NotFound(detail, request_id=request_id)
     if status == 429:
         delay = retry_after_seconds(response) or 1.0
-        return RateLimited(f"{detail}; retrying after {delay:g}s", delay=delay, request_id=request_id)
+        return RateLimited(f"{detail}; Fly asks to wait {delay:g}s", delay=delay, request_id=request_id)
     if status == 408 or status >= 500:
         return MaybeApplied(detail, delay=retry_after_seconds(response) or 0.0, request_id=request_id)
     if status in (409, 412) or fly_status == "name_taken":

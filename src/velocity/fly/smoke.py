@@ -4,7 +4,8 @@ The steps of the seed guide's ``test-container-deployment.sh``, through the same
 orchestrator uses: create, wait until started, see ``/health`` answer, destroy, and check it is gone.
 Each step is timed; the machine is destroyed whatever happened (unless ``keep``). ``/health`` is read
 from the checks Fly itself runs against the machine, which works from anywhere the token does; with
-``direct`` the agent is called at its endpoint, which needs the private network (WireGuard or on Fly).
+``direct`` the agent is called at its endpoint, which needs the private network (on Fly, as when run
+with ``fly ssh console -a velocity-orchestrator``, or through WireGuard).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class FlyProvider:
         # Also wake on the states that mean the wanted one will never come.
         targets = [state.value]
         if state is MachineState.STARTED:
-            targets += [MachineState.FAILED.value, MachineState.DESTROYED.value]
+            targets.append(MachineState.FAILED.value)
         elif state in STOPPED_OR_BEYOND:
             targets += [s.value for s in (MachineState.STOPPED, MachineState.FAILED, MachineState.DESTROYED)]
         answer = await self.client.wait_machine(

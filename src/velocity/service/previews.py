@@ -8,6 +8,7 @@ import logging
 import secrets
 import string
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,6 +98,8 @@ class PreviewService:
         self._changed = asyncio.Condition()
         self._endpoints: dict[str, AgentEndpoint] = {}
         self._flushed: dict[str, datetime] = {}
+        # Activity seen by this process and not yet written: the reaper counts it too.
+        self._seen: dict[str, datetime] = {}
 
     # --- use cases -------------------------------------------------------------------------------
     async def create(self, caller: Caller, project_id: str) -> tuple[Preview, bool]:
@@ -209,6 +212,7 @@ class PreviewService:
     def record_activity(self, preview_id: str) -> None:
         """Called by the router on every request and websocket frame; cheap, written in batches."""
         now = self._clock.now()
+        self._seen[preview_id] = now
         last = self._flushed.get(preview_id)
         if last is None or now - last >= ACTIVITY_FLUSH:
             self._flushed[preview_id] = now
@@ -300,6 +304,9 @@ class PreviewService:
                 return
             if health.ready:
                 break
+            # A long-poll that came back early (an agent without long-poll, a proxy's timeout):
+            # pause briefly rather than spin.
+            await self._clock.sleep(AGENT_RETRY_SECONDS)
         now = self._clock.now()
         ready = await self._update(
             preview.id,
@@ -387,6 +394,7 @@ class PreviewService:
         self._tasks.cancel(f"watch:{preview.id}")
         self._endpoints.pop(preview.id, None)
         self._flushed.pop(preview.id, None)
+        self._seen.pop(preview.id, None)
         if preview.machine_id:
             await self._destroy(preview.machine_id)
 
@@ -426,6 +434,9 @@ class PreviewService:
         done = []
         now = self._clock.now()
         for preview in await self._store.list_previews(states=LIVE_STATES):
+            seen = self._seen.get(preview.id)
+            if seen is not None and seen > preview.last_activity_at:
+                preview = replace(preview, last_activity_at=seen)
             decision = verdict(preview, now, self.limits)
             if decision is None:
                 continue
