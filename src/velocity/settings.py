@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     )
     container_cpu_count: int = Field(1, ge=1, le=16, description="CONTAINER_CPU_COUNT: vCPUs per machine")
     container_cpu_kind: str = Field(
-        "shared", pattern="^(shared|performance)$", description="CONTAINER_CPU_KIND"
+        "shared", pattern="^(shared|performance)$", description="CONTAINER_CPU_KIND: shared or performance"
     )
     container_internal_port: int = Field(
         8080, ge=1, le=65535, description="CONTAINER_INTERNAL_PORT: the agent's port inside a machine"
@@ -92,7 +92,9 @@ class Settings(BaseSettings):
     )
 
     # --- Orchestrator ----------------------------------------------------------------------------
-    preview_provider: ProviderKind = Field(ProviderKind.LOCAL, description="PREVIEW_PROVIDER: local | fly")
+    preview_provider: ProviderKind = Field(
+        ProviderKind.LOCAL, description="PREVIEW_PROVIDER: local (bubblewrap sandboxes) or fly"
+    )
     database_url: str | None = Field(
         None, description="DATABASE_URL: SQLAlchemy URL; a SQLite file in the data directory when unset"
     )
@@ -120,7 +122,8 @@ class Settings(BaseSettings):
         65534, ge=1, description="LOCAL_SANDBOX_UID: unprivileged uid sandboxes run as when started by root"
     )
     local_npm_cache_dir: Path | None = Field(
-        None, description="LOCAL_NPM_CACHE_DIR: npm cache shared by local sandboxes; data dir's cache/npm when unset"
+        None,
+        description="LOCAL_NPM_CACHE_DIR: npm cache shared by local sandboxes; data dir's cache/npm when unset",
     )
     local_sandbox_pids_max: int = Field(
         512, ge=16, description="LOCAL_SANDBOX_PIDS_MAX: processes and threads per local sandbox"
@@ -189,6 +192,19 @@ def _async_driver(url: str) -> str:
     if url.startswith("sqlite:///"):
         return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     return url
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as README.md shows it (a test keeps the two equal)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for field in Settings.model_fields.values():
+        variable, _, meaning = (field.description or "").partition(": ")
+        default: Any = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = "(unset)" if default is None else str(getattr(default, "value", default))
+        rows.append(f"| `{variable}` | `{shown}` | {meaning} |")
+    return "\n".join(rows)
 
 
 def load_settings(**overrides: Any) -> Settings:
