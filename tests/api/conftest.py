@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.service.world import Agents
 
+from tests.service.world import Agents
 from velocity.providers.fake import FakeProvider
 from velocity.runtime import Runtime
 from velocity.service import AgentClient

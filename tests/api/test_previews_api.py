@@ -6,8 +6,8 @@ import io
 import tarfile
 
 import pytest
-from tests.api.conftest import Orchestrator
 
+from tests.api.conftest import Orchestrator
 from velocity.auth import TokenIssuer
 
 

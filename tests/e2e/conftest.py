@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.e2e.harness import Live, live_orchestrator, warm_npm_cache
 
 

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.e2e.harness import EXAMPLE, PROJECTS, Live, live_orchestrator
 
+from tests.e2e.harness import EXAMPLE, PROJECTS, Live, live_orchestrator
 from velocity.providers.local import cgroups
 
 pytestmark = pytest.mark.e2e

@@ -123,11 +123,14 @@ async def test_list_filters_by_metadata_and_follows_pages(client: FlyClient) -> 
 
 
 async def test_leases_guard_a_machine_and_conflicts_are_errors(client: FlyClient) -> None:
-    """A held lease makes another acquire a ``Conflict``; the nonce lets its holder act and release."""
+    """A held lease makes another acquire a ``Conflict``; its nonce extends it, lets its holder act and release."""
     made = await client.create_machine({"config": {"image": IMAGE}})
     lease = await client.acquire_lease(made["id"], ttl=60, description="deploy")
     with pytest.raises(Conflict, match="lease currently held by"):
         await client.acquire_lease(made["id"], ttl=60)
+    refreshed = await client.acquire_lease(made["id"], ttl=600, nonce=lease["nonce"])
+    assert refreshed["nonce"] == lease["nonce"]
+    assert refreshed["expires_at"] > lease["expires_at"]
     await client.wait_machine(made["id"], timeout=5)
     await client.stop_machine(made["id"], nonce=lease["nonce"])
     await client.release_lease(made["id"], lease["nonce"])

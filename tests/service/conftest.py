@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.service.world import ALICE, BOB, Agents, World
 
+from tests.service.world import ALICE, BOB, Agents, World
 from velocity.auth import TokenIssuer
 from velocity.clock import FakeClock
 from velocity.projects import ProjectFiles, pack_directory

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from tests.service.world import ALICE, World
-
 from velocity.domain import MachineSpec, MachineState, PreviewState
 from velocity.loops import maintenance_pass
 from velocity.providers.base import META_OWNER, META_PREVIEW_ID, OWNER_VALUE

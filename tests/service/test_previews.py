@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.service.world import ALICE, BOB, World
 
+from tests.service.world import ALICE, BOB, World
 from velocity.domain import (
     MachineState,
     NotFound,

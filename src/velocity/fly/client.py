@@ -279,10 +279,14 @@ class FlyClient:
         )
 
     # --- leases and metadata --------------------------------------------------------------------
-    async def acquire_lease(self, machine_id: str, *, ttl: int, description: str = "") -> LeaseData:
+    async def acquire_lease(
+        self, machine_id: str, *, ttl: int, description: str = "", nonce: str | None = None
+    ) -> LeaseData:
+        """Take the machine's lease for ``ttl`` seconds, or extend ours when given its ``nonce``."""
         response = await self._call(
             "lease", "POST", self._machines(machine_id, "lease"), key=machine_id,
-            json={"ttl": ttl, "description": description}, expect=(200, 201), idempotent=False,
+            json={"ttl": ttl, "description": description}, headers=_nonce(nonce), expect=(200, 201),
+            idempotent=nonce is not None,
         )  # fmt: skip
         envelope = cast(LeaseEnvelope, _body(response, "lease"))
         if envelope.get("status") != "success" or "data" not in envelope:
