@@ -57,6 +57,8 @@ def make_provider(settings: Settings) -> MachineProvider:
             SandboxOptions(
                 root=settings.data_dir / "sandboxes",
                 npm_cache=settings.npm_cache_dir,
+                modules_cache=settings.modules_cache_dir,
+                modules_cache_entries=settings.local_modules_cache_entries,
                 sandbox_uid=settings.local_sandbox_uid,
                 pids_max=settings.local_sandbox_pids_max,
                 allow_unisolated=settings.local_sandbox_allow_unisolated,
@@ -64,7 +66,7 @@ def make_provider(settings: Settings) -> MachineProvider:
         )
     from velocity.providers.fly import FlyProvider
 
-    return FlyProvider.from_settings(settings)
+    return FlyProvider.from_settings(settings, agent_route=settings.fly_agent_route)
 
 
 @dataclass
@@ -100,12 +102,19 @@ class Runtime:
         clock = clock or SystemClock()
         issuer = issuer_for(settings)
         agents = agents or AgentClient()
+        files = ProjectFiles(settings.data_dir / "projects")
         previews = PreviewService(
-            store=store, provider=provider, agents=agents, issuer=issuer, settings=settings, clock=clock
+            store=store,
+            provider=provider,
+            agents=agents,
+            issuer=issuer,
+            settings=settings,
+            clock=clock,
+            files=files,
         )
         projects = ProjectService(
             store=store,
-            files=ProjectFiles(settings.data_dir / "projects"),
+            files=files,
             clock=clock,
             max_bytes=settings.max_project_bytes,
         )
@@ -124,7 +133,12 @@ class Runtime:
             default=self.settings.max_request_body_bytes,
             prefixes={"/v1/projects/": self.settings.max_project_bytes * 2},
         )
-        self._router = PreviewRouter(limited, service=self.previews, domain=self.settings.preview_domain)
+        self._router = PreviewRouter(
+            limited,
+            service=self.previews,
+            domain=self.settings.preview_domain,
+            replay_app=self.settings.fly_app_name if self.settings.fly_replay else None,
+        )
         return self._router
 
     def start_loops(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     preview_container_image: str = Field(
         "ghcr.io/velocity/preview-container:latest",
         description="PREVIEW_CONTAINER_IMAGE: preview machine image",
+    )
+    fly_agent_route: Literal["private-network", "emulator"] = Field(
+        "private-network",
+        description="FLY_AGENT_ROUTE: how agents are reached: private-network (<id>.vm.<app>.internal) "
+        "or emulator (the Fly emulator says where its sandbox listens)",
+    )
+    fly_machine_id: str | None = Field(
+        None,
+        description="FLY_MACHINE_ID: set by Fly on its machines; there, with PREVIEW_PROVIDER=fly, the "
+        "router answers preview requests with fly-replay instead of proxying them",
     )
 
     # --- Machine size and networking (seed guide) ------------------------------------------------
@@ -125,6 +135,14 @@ class Settings(BaseSettings):
         None,
         description="LOCAL_NPM_CACHE_DIR: npm cache shared by local sandboxes; data dir's cache/npm when unset",
     )
+    local_modules_cache_dir: Path | None = Field(
+        None,
+        description="LOCAL_MODULES_CACHE_DIR: installed node_modules kept per owner and lockfile; "
+        "data dir's cache/modules when unset",
+    )
+    local_modules_cache_entries: int = Field(
+        20, ge=0, description="LOCAL_MODULES_CACHE_ENTRIES: how many node_modules to keep (0: no cache)"
+    )
     local_sandbox_pids_max: int = Field(
         512, ge=16, description="LOCAL_SANDBOX_PIDS_MAX: processes and threads per local sandbox"
     )
@@ -155,6 +173,22 @@ class Settings(BaseSettings):
     @property
     def npm_cache_dir(self) -> Path:
         return (self.local_npm_cache_dir or self.data_dir / "cache" / "npm").resolve()
+
+    @property
+    def modules_cache_dir(self) -> Path | None:
+        if self.local_modules_cache_entries == 0:
+            return None
+        return (self.local_modules_cache_dir or self.data_dir / "cache" / "modules").resolve()
+
+    @property
+    def fly_replay(self) -> bool:
+        """Whether the router hands preview requests to Fly's proxy (``fly-replay``) instead of proxying:
+        only on Fly, where that proxy is in front of us and the machines are real Fly machines."""
+        return (
+            self.preview_provider == ProviderKind.FLY
+            and bool(self.fly_machine_id)
+            and self.fly_agent_route == "private-network"
+        )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.agent.harness import TOKEN, Agent, AgentFactory, SnapshotServer
 
 

@@ -165,3 +165,6 @@ async def gone(pid: int, within: float = 10) -> bool:
             except (ProcessLookupError, FileNotFoundError):
                 return True
             await asyncio.sleep(0.02)
+
+
+AgentFactory = Callable[..., contextlib.AbstractAsyncContextManager[Agent]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+
 from tests.agent.harness import AgentFactory, SnapshotServer, project_files, tarball
 from tests.proxy.harness import free_port
 

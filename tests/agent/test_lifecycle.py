@@ -8,9 +8,10 @@ import os
 import signal
 
 import pytest
-from tests.agent.harness import TOKEN, Agent, AgentFactory, SnapshotServer, gone, project_files, tarball
 from websockets.asyncio.client import unix_connect
 from websockets.typing import Subprotocol
+
+from tests.agent.harness import TOKEN, Agent, AgentFactory, SnapshotServer, gone, project_files, tarball
 
 
 async def test_health_reports_the_states_up_to_ready(start_agent: AgentFactory) -> None:
@@ -107,6 +108,7 @@ async def test_logs_hold_install_and_dev_server_output(agent: Agent) -> None:
         line["stream"] == "stdout" and "server.js listening on 127.0.0.1" in line["line"] for line in lines
     )
     assert any(line["stream"] == "agent" and line["line"].startswith("started the install") for line in lines)
+    assert any(line["stream"] == "install" for line in lines), "npm's output is tagged as the install's"
     assert all(line["at"].endswith("Z") for line in lines)
     tail = (await agent.client.get("/__velocity/logs?tail=2")).json()["lines"]
     assert tail == lines[-2:]

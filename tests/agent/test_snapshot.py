@@ -7,8 +7,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from tests.agent.harness import tarball
 
+from tests.agent.harness import tarball
 from velocity.agent.snapshot import extract
 from velocity.domain.errors import BadRequest
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.agent.harness import PROJECT, gone
 
+from tests.agent.harness import PROJECT, gone
 from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
 from velocity.agent.state import AgentState, Status

@@ -49,6 +49,7 @@ def test_a_write_leaves_no_temporary_file_behind(workspace: Workspace) -> None:
         "src/../../outside.txt",
         "node_modules/react/index.js",
         "packages/app/node_modules/x.js",
+        ".git/config",
         "a\\b.js",
         "a\x00b",
         ".",
@@ -56,7 +57,7 @@ def test_a_write_leaves_no_temporary_file_behind(workspace: Workspace) -> None:
     ],
 )
 def test_paths_from_outside_are_confined(workspace: Workspace, path: str) -> None:
-    """Absolute paths, '..', node_modules, backslashes, NUL bytes and empty or huge paths are refused."""
+    """Absolute paths, '..', node_modules, .git, backslashes, NUL bytes, empty or huge paths are refused."""
     with pytest.raises(BadRequest):
         workspace.write(path, b"x")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Live, live_orchestrator, warm_npm_cache
+from tests.e2e.harness import Live, live_orchestrator, modules_cache, warm_npm_cache
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,7 @@ def npm_cache() -> Iterator[Path]:
     warm_npm_cache(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(modules_cache(path), ignore_errors=True)
 
 
 @pytest.fixture

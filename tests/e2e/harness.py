@@ -99,6 +99,7 @@ async def live_orchestrator(
         velocity_data_dir=data,
         velocity_port=0,
         local_npm_cache_dir=npm_cache,
+        local_modules_cache_dir=modules_cache(npm_cache),
         _env_file=None,  # type: ignore[call-arg]
         **overrides,
     )
@@ -116,8 +117,14 @@ async def live_orchestrator(
             shutil.rmtree(data, ignore_errors=True)
 
 
+def modules_cache(npm_cache: Path) -> Path:
+    """The kept node_modules live beside the npm cache, so every test of a session shares them."""
+    return npm_cache.with_name(npm_cache.name + "-modules")
+
+
 def warm_npm_cache(npm_cache: Path) -> None:
-    """Build the example once in a sandbox, so every later preview installs from a warm cache."""
+    """Build the example once in a sandbox: later previews install from a warm npm cache, and those of
+    the same user start from the node_modules this one leaves behind."""
 
     async def build() -> None:
         async with live_orchestrator(npm_cache=npm_cache) as live:

@@ -140,3 +140,23 @@ async def test_a_restarted_orchestrator_adopts_the_running_sandboxes(npm_cache: 
         assert not (data / "sandboxes" / machine_id).exists()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_a_users_next_preview_starts_from_the_dependencies_their_last_one_installed(live: Live) -> None:
+    """node_modules are kept per owner and lockfile and hard-linked in; another user gets none."""
+    await live.import_project(EXAMPLE, "example")
+    mine = await live.settled((await live.create("example"))["id"])
+    react = workspace(live, mine["machine_id"]) / "node_modules" / "react" / "package.json"
+    assert react.stat().st_nlink > 1, "linked from the session's kept node_modules"
+    other_token = live.running.runtime.issuer.mint_user("someone-else")
+    other = {"Authorization": f"Bearer {other_token}"}
+    await live.api.put(
+        "/v1/projects/theirs",
+        content=(await live.api.get("/v1/projects/example/snapshot")).content,
+        headers={**other, "content-type": "application/gzip"},
+    )
+    created = (await live.api.post("/v1/previews", json={"project_id": "theirs"}, headers=other)).json()
+    theirs = await live.running.runtime.previews.settled(created["id"], timeout=90)
+    assert theirs.state.value == "ready"
+    their_react = workspace(live, theirs.machine_id or "") / "node_modules" / "react" / "package.json"
+    assert their_react.stat().st_ino != react.stat().st_ino

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import stamina
-from tests.fly.support import APP, TOKEN, InstantClock, emulator_http
 
+from tests.fly.support import APP, TOKEN, InstantClock, emulator_http
 from velocity.emulator import Faults, FlyEmulator
 
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from tests.fly.support import APP, TOKEN, InstantClock, emulator_client, emulator_http, make_settings
 
+from tests.fly.support import APP, TOKEN, InstantClock, emulator_client, emulator_http, make_settings
 from velocity.domain import Machine, MachineSpec, MachineState
 from velocity.emulator import Faults, FlyEmulator
 from velocity.providers.base import AgentEndpoint

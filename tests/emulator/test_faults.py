@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.fly.support import TOKEN, InstantClock, emulator_http
 
+from tests.fly.support import TOKEN, InstantClock, emulator_http
 from velocity.domain import ConfigError
 from velocity.emulator import Faults, FlyEmulator
 

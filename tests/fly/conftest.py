@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 import stamina
-from tests.fly.support import APP, TOKEN, InstantClock, emulator_client
 
+from tests.fly.support import APP, TOKEN, InstantClock, emulator_client
 from velocity.emulator import FlyEmulator
 from velocity.fly import FlyClient, RateLimiter, RetryPolicy
 

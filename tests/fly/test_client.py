@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from tests.fly.support import APP, InstantClock
 
+from tests.fly.support import APP, InstantClock
 from velocity.domain import Conflict, NotFound, Unavailable
 from velocity.emulator import FlyEmulator
 from velocity.fly import FlyClient, authorization_header

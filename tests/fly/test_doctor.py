@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tests.fly.support import InstantClock, emulator_client, make_settings
 
+from tests.fly.support import InstantClock, emulator_client, make_settings
 from velocity.emulator import FlyEmulator
 from velocity.fly.doctor import Check, check_fly, check_settings
 from velocity.settings import ProviderKind

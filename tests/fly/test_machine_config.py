@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tests.fly.support import make_settings
 
+from tests.fly.support import make_settings
 from velocity.deploy import PREVIEW_TEMPLATE_PATH, AutoStop, load_machine_template
 from velocity.domain import ConfigError, MachineSpec
 from velocity.fly.machine_config import MachinePlan, create_request, default_template, machine_config

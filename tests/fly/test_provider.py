@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from tests.fly.support import InstantClock, emulator_client, make_settings
 
+from tests.fly.support import InstantClock, emulator_client, make_settings
 from velocity.domain import CapacityError, MachineSpec, MachineState, ProviderError
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly.machine_config import MachinePlan, default_template

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.fly.support import APP, TOKEN, InstantClock, emulator_http
 
+from tests.fly.support import APP, TOKEN, InstantClock, emulator_http
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, Rate, RateLimiter
 from velocity.fly.client import CLIENT_MARGIN
@@ -64,11 +64,9 @@ async def test_acquire_sleeps_on_the_injected_clock(clock: InstantClock) -> None
 
 
 async def test_a_burst_of_creates_meets_no_429_from_an_emulator_enforcing_fly_limits() -> None:
-    """Twenty creates at once queue in the client; the emulator, enforcing Fly's rates, never says 429.
-
-    Both run on the real clock with every rate 50 times Fly's, so the queue drains in a fraction of a
-    second: a virtual clock cannot order concurrent sleepers the way time does.
-    """
+    """Twenty creates at once queue in the client; the emulator, enforcing Fly's rates, never says 429."""
+    # Real time, every rate 50 times Fly's: the queue drains in a fraction of a second, and concurrent
+    # sleepers wake in the order time gives them, which a clock that jumps on each sleep would not.
     emulator = FlyEmulator(tokens=[TOKEN], faults=Faults(rate_limit_scale=50.0))
     client = FlyClient(
         emulator_http(emulator), app=APP, token=TOKEN, limiter=RateLimiter(scale=50.0 * CLIENT_MARGIN)

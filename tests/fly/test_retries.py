@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from tests.fly.support import InstantClock
 
+from tests.fly.support import InstantClock
 from velocity.domain import BadRequest, NotFound, RateLimited, Unavailable
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, MaybeApplied

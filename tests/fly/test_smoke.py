@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.fly.support import InstantClock, emulator_client, make_settings
 
+from tests.fly.support import InstantClock, emulator_client, make_settings
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly.machine_config import MachinePlan, default_template
 from velocity.fly.smoke import SmokeTest, smoke_spec

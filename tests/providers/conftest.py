@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.fly.support import TOKEN, emulator_client, make_settings
 
+from tests.fly.support import TOKEN, emulator_client, make_settings
 from velocity.domain import MachineSpec
 from velocity.emulator import FlyEmulator
 from velocity.fly.machine_config import MachinePlan, default_template

@@ -6,8 +6,8 @@ import contextlib
 import uuid
 
 import pytest
-from tests.providers.conftest import ContractTarget, SpecMaker
 
+from tests.providers.conftest import ContractTarget, SpecMaker
 from velocity.domain import MachineState, NotFound, Unavailable
 from velocity.providers.base import STOPPED_OR_BEYOND, MachineProvider
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from tests.fly.support import InstantClock
 
+from tests.fly.support import InstantClock
 from velocity.domain import MachineSpec, MachineState, ProviderError
 from velocity.providers.simulated import SimulatedLatencies, SimulatedProvider
 

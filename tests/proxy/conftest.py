@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.proxy.harness import Activity, UpstreamApp, proxy_to, serve
 
+from tests.proxy.harness import Activity, UpstreamApp, proxy_to, serve
 from velocity.proxy import Upstream
 
 

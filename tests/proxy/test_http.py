@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from tests.proxy.harness import Activity, UpstreamApp, free_port, proxy_to, serve
 
+from tests.proxy.harness import Activity, UpstreamApp, free_port, proxy_to, serve
 from velocity.domain.errors import NotFound
 from velocity.proxy import ReverseProxy, Upstream
 from velocity.proxy.asgi import Scope

@@ -7,11 +7,11 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.proxy.harness import Activity, UpstreamApp, free_port, proxy_server, serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
+from tests.proxy.harness import Activity, UpstreamApp, free_port, proxy_server, serve
 from velocity.proxy import Upstream
 
 

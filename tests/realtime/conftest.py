@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
 from tests.realtime.hub_server import Served, StartHub, serve_hub
 from tests.realtime.realtime_clients import JS_DIR
 

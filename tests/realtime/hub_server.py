@@ -9,9 +9,9 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
+
 from tests.realtime.realtime_clients import JsClient, PyClient, RawClient, eventually
 from tests.realtime.tokens import anon_key, verify
-
 from velocity.clock import Clock
 from velocity.realtime import ChannelAuthorizer, HubLimits, RealtimeHub, TokenVerifier, allow_all
 

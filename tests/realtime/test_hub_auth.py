@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.realtime.hub_server import TOPIC, Served, StartHub
-from tests.realtime.realtime_clients import kind
-from tests.realtime.tokens import anon_key, mint, user_token
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.realtime.hub_server import TOPIC, Served, StartHub
+from tests.realtime.realtime_clients import kind
+from tests.realtime.tokens import anon_key, mint, user_token
 from velocity.clock import FakeClock
 from velocity.domain.errors import Forbidden
 from velocity.realtime import Claims

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tests.realtime.hub_server import Served
 from tests.realtime.realtime_clients import kind
-
 from velocity.realtime import HubLimits, contract
 
 PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "protocol.md"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
+from realtime import RealtimeAcknowledgementStatus
 from tests.realtime.hub_server import TOPIC, Served
 from tests.realtime.realtime_clients import Event, eventually, kind
 from tests.realtime.tokens import user_token
-
-from realtime import RealtimeAcknowledgementStatus
 
 FILE = {"path": "src/App.tsx", "content": "export default () => <h1>Hi</h1>", "encoding": "utf8"}
 
@@ -132,6 +132,14 @@ async def test_leaving_closes_the_channel_for_either_client(served: Served, node
     await py.channels[TOPIC].unsubscribe()
     await py.log.expect(kind("status", status="CLOSED"))
     assert served.hub.stats().subscriptions == 0
+
+
+@pytest.mark.parametrize("vsn", ["2.0.0", "1.0.0"])
+async def test_realtime_js_accepts_the_heartbeat_reply(served: Served, node: str, vsn: str) -> None:
+    """The client matches the reply's ref to its heartbeat; a mismatch would make it reconnect."""
+    js = await served.js(vsn=vsn)
+    await js.command("subscribe", topic=TOPIC)
+    assert await js.command("heartbeat") == "ok"
 
 
 async def test_js_postgres_changes_bindings_get_ids_and_subscribe(served: Served, node: str) -> None:

@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.realtime.hub_server import TOPIC, Served, StartHub
 from tests.realtime.realtime_clients import kind
 from tests.realtime.tokens import user_token
-
 from velocity.realtime import HubLimits
 
 
@@ -102,9 +102,12 @@ KEYED = {"apikey": "<the hub's anon key>"}
          413, "exceeds the limit"),
         ("/api/broadcast/t/events/e", {**KEYED, "Content-Type": "text/plain"}, b"hi", 415, "application/json"),
         ("/api/broadcast/t/events/e", KEYED, b"[1, 2", 422, "the body is not JSON"),
+        ("/api/broadcast/t/events/e", KEYED, b"[1, 2]", 422, "must be an object"),
+        ("/api/broadcast", KEYED, b'{"messages": [{"topic": "t", "event": "x", "payload": 3}]}', 422,
+         "needs a `payload` object"),
     ],
     ids=["no-key", "bad-apikey", "bad-bearer", "not-json", "no-messages", "no-topic", "no-payload",
-         "not-an-object", "too-large", "content-type", "single-not-json"],
+         "not-an-object", "too-large", "content-type", "single-not-json", "single-list", "payload-number"],
 )  # fmt: skip
 async def test_bad_rest_requests_get_a_4xx_with_a_json_error(
     start_hub: StartHub, path: str, headers: dict[str, str], content: bytes, status: int, error: str

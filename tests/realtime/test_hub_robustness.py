@@ -10,11 +10,11 @@ import socket
 from typing import Any
 
 import pytest
-from tests.realtime.hub_server import TOPIC, Served, StartHub
-from tests.realtime.realtime_clients import RawClient, eventually, kind
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.realtime.hub_server import TOPIC, Served, StartHub
+from tests.realtime.realtime_clients import RawClient, eventually, kind
 from velocity.realtime import HubLimits
 
 WIRE_TOPIC = f"realtime:{TOPIC}"

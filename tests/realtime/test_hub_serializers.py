@@ -149,9 +149,13 @@ def test_the_serializer_follows_vsn_as_phoenix_matches_it(vsn: str | None, chose
         (ARRAYS_V2, JS_KIND_3_JSON[:20]),
         (ARRAYS_V2, JS_KIND_3_JSON[:-1]),
         (ARRAYS_V2, JS_KIND_3_JSON[:6] + b"\x07" + JS_KIND_3_JSON[7:]),
+        (JSON_V1, '{"topic": "t", "event": "x", "payload": {"n": NaN}, "ref": null}'),
+        (ARRAYS_V2, JS_KIND_3_JSON[: -len(b'"x"}')] + b'Infinity}'),
+        (ARRAYS_V2, JS_KIND_3_JSON[: -len(b'{"path":"src/App.tsx","content":"x"}')] + '{"a":1}'.encode("utf-16")),
     ],
     ids=["bad-json", "v1-array", "topic-not-string", "ref-list", "v1-binary", "bad-json-v2", "short-array",
-         "v2-object", "empty-binary", "unknown-kind", "short-header", "short-json", "unknown-encoding"],
+         "v2-object", "empty-binary", "unknown-kind", "short-header", "short-json", "unknown-encoding",
+         "v1-nan", "v2-infinity", "v2-utf16"],
 )  # fmt: skip
 def test_malformed_frames_raise_a_frame_error_with_a_reason(serializer: Any, data: str | bytes) -> None:
     """Every malformed shape is a ``FrameError`` (an error reply), never another exception."""

@@ -27,12 +27,15 @@ class Child:
         self._transports: list[asyncio.BaseTransport] = []
 
     @classmethod
-    async def adopt(cls, process: subprocess.Popen[bytes], label: str, logs: LogBuffer) -> Child:
+    async def adopt(
+        cls, process: subprocess.Popen[bytes], label: str, logs: LogBuffer, *, stream: Stream | None = None
+    ) -> Child:
+        """Watch ``process``; its output goes to ``logs`` as stdout and stderr, or all as ``stream``."""
         child = cls(process, label, _watch_exit(process))
         loop = asyncio.get_running_loop()
         pipes: list[tuple[IO[bytes] | None, Stream]] = [
-            (process.stdout, "stdout"),
-            (process.stderr, "stderr"),
+            (process.stdout, stream or "stdout"),
+            (process.stderr, stream or "stderr"),
         ]
         for pipe, stream in pipes:
             assert pipe is not None  # started with both on pipes

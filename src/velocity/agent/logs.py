@@ -5,14 +5,16 @@ from __future__ import annotations
 import collections
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-Stream = Literal["stdout", "stderr", "agent"]
+# stdout and stderr of the dev server, install for the package manager (both pipes), agent for its own notes.
+Stream = Literal["stdout", "stderr", "install", "agent"]
 
 CAPACITY = 2000
-MAX_LINE = 8 * 1024  # a minified bundle printed on one line must not take the buffer's memory
+MAX_LINE = 4000  # characters; a minified bundle printed on one line must not take the buffer's memory
 
 
 def iso(epoch: float) -> str:
@@ -35,12 +37,22 @@ class LogBuffer:
     def __init__(self, capacity: int = CAPACITY, echo: TextIO | None = sys.stdout) -> None:
         self._lines: collections.deque[LogLine] = collections.deque(maxlen=capacity)
         self._echo = echo
+        self._listeners: list[Callable[[LogLine], None]] = []
+
+    def subscribe(self, listener: Callable[[LogLine], None]) -> Callable[[], None]:
+        """Call ``listener`` with every new line (live file sync broadcasts them); returns an unsubscribe.
+        Listeners run inline and must not block."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def add(self, stream: Stream, line: str) -> None:
         line = line.rstrip("\r")
         if len(line) > MAX_LINE:
-            line = line[:MAX_LINE] + " [truncated]"
-        self._lines.append(LogLine(stream, line, time.time()))
+            line = line[:MAX_LINE]
+        entry = LogLine(stream, line, time.time())
+        self._lines.append(entry)
+        for listener in list(self._listeners):
+            listener(entry)
         if self._echo is not None:
             try:
                 self._echo.write(f"{stream}: {line}\n")

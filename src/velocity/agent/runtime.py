@@ -6,19 +6,26 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from velocity.agent.app import AgentApp
 from velocity.agent.boot import Boot
 from velocity.agent.config import AgentConfig
+from velocity.agent.context import AgentContext, Extension
 from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
 from velocity.agent.state import AgentState, Status
 from velocity.agent.supervisor import Supervisor
+from velocity.agent.workspace import Workspace
 from velocity.domain.errors import PreviewError
 
 
-async def run(config: AgentConfig, logs: LogBuffer, boot: Boot, started: float) -> ExitCode:
+async def run(
+    config: AgentConfig, logs: LogBuffer, boot: Boot, started: float, extensions: Sequence[Extension] = ()
+) -> ExitCode:
+    """Serve and supervise until the preview fails or a signal stops the agent; ``extensions`` run
+    beside the server (see ``context``)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -53,6 +60,8 @@ async def run(config: AgentConfig, logs: LogBuffer, boot: Boot, started: float) 
     status.timings.serve_ms = Status.elapsed_ms(started)
     logs.agent(f"serving on {config.listen_on} after {status.timings.serve_ms:.0f} ms")
     loader = asyncio.create_task(app.load_proxy())
+    context = AgentContext(config, status, logs, Workspace(config.workspace), supervisor)
+    running = [asyncio.create_task(_guarded(extension, context)) for extension in extensions]
 
     code = await _until_done(supervising, stopping)
     if code is not ExitCode.OK and not stopping.is_set():
@@ -64,7 +73,8 @@ async def run(config: AgentConfig, logs: LogBuffer, boot: Boot, started: float) 
     status.close()
     # Together: Fly sends SIGKILL 5 s after SIGTERM by default, and each may take a few seconds.
     await asyncio.gather(_cancel(supervising), server.stop())
-    await _cancel(loader)
+    for task in (loader, *running):
+        await _cancel(task)
     await app.aclose()
     return code
 
@@ -79,6 +89,14 @@ async def _until_done(supervising: asyncio.Task[ExitCode] | None, stopping: asyn
     if supervising.done():
         return supervising.result()
     return ExitCode.OK
+
+
+async def _guarded(extension: Extension, context: AgentContext) -> None:
+    """An extension that fails is reported; the preview it serves keeps running."""
+    try:
+        await extension(context)
+    except Exception as exc:
+        context.logs.agent(f"{getattr(extension, '__name__', 'an extension')} stopped: {exc!r}")
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:

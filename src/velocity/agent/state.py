@@ -63,6 +63,7 @@ class Status:
     timings: Timings = field(default_factory=Timings)
     last_activity: float | None = None
     closing: bool = False
+    changes: int = 0  # counts notifications: a watcher compares it to see whether anything changed
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_state(self, state: AgentState, detail: str | None = None) -> None:
@@ -83,6 +84,7 @@ class Status:
         self.notify()
 
     def notify(self) -> None:
+        self.changes += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

@@ -109,7 +109,7 @@ class Supervisor:
         if self._install is None:
             return
         process, self._install = self._install, None
-        child = self._installing = await Child.adopt(process, "install", self._logs)
+        child = self._installing = await Child.adopt(process, "install", self._logs, stream="install")
         code = await child.wait()
         self._installing = None
         self._status.timings.install_ms = Status.elapsed_ms(self._install_started)
@@ -216,7 +216,7 @@ class Supervisor:
 
     async def _stop_children(self) -> None:
         if self._install is not None:  # never adopted: the run was cancelled first
-            self._installing = await Child.adopt(self._install, "install", self._logs)
+            self._installing = await Child.adopt(self._install, "install", self._logs, stream="install")
             self._install = None
         children = [child for child in (self._installing, self._dev) if child is not None]
         self._installing = self._dev = None

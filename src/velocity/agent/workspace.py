@@ -2,7 +2,7 @@
 
 Live file sync writes through ``Workspace.write`` and ``Workspace.delete``. Paths come from the editor,
 across a trust boundary: they must be relative, may not climb out with ``..``, may not touch
-``node_modules`` (the installer owns it), and may not pass through a symlink, which user code could
+``node_modules`` (the installer owns it) or ``.git``, and may not pass through a symlink, which user code could
 plant to point anywhere. Directories are walked with ``O_NOFOLLOW`` file descriptors, so a symlink
 swapped in between a check and the write cannot redirect it. Writes go to a temporary file that is
 renamed over the target, so the dev server's watcher never reads half a file.
@@ -23,7 +23,8 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_PATH_LENGTH = 1024
 # Writing one of these means the dependencies may have changed: reinstall, then restart the dev server.
 DEPENDENCY_FILES = frozenset({"package.json", "package-lock.json", "npm-shrinkwrap.json"})
-_RESERVED = frozenset({"node_modules"})
+# The installer owns node_modules; .git is history, not the preview's business.
+_RESERVED = frozenset({"node_modules", ".git"})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -44,7 +45,9 @@ class Workspace:
         if not parts or ".." in parts:
             raise BadRequest(f"file path {rel_path[:80]!r} may not contain '..'")
         if _RESERVED.intersection(parts):
-            raise BadRequest(f"file path {rel_path[:80]!r} is inside node_modules, which the installer owns")
+            raise BadRequest(
+                f"file path {rel_path[:80]!r} is inside node_modules or .git, which are not the project's"
+            )
         return parts
 
     @staticmethod

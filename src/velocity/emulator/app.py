@@ -285,6 +285,3 @@ class FlyEmulator:
         return JSONResponse(
             {"base_url": endpoint.base_url, "uds": endpoint.uds, "headers": dict(endpoint.headers)}
         )
-
-    def reset_stats(self) -> None:
-        self.stats = EmulatorStats()

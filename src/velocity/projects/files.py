@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import tarfile
 from pathlib import Path
 
 from velocity.domain import NotFound
@@ -21,9 +24,38 @@ class ProjectFiles:
         partial = target.with_suffix(".partial")
         partial.write_bytes(data)
         os.replace(partial, target)  # readers see the old snapshot or the new one, never half of one
+        key = dependencies_key(data)
+        key_file = target.with_name("dependencies.key")
+        if key is None:
+            key_file.unlink(missing_ok=True)
+        else:
+            key_file.write_text(key)
+
+    def dependencies_key(self, project_id: str) -> str | None:
+        """A digest of the project's package.json and lockfile, or ``None`` without a lockfile."""
+        try:
+            return self.path(project_id).with_name("dependencies.key").read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def read(self, project_id: str) -> bytes:
         try:
             return self.path(project_id).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"project {project_id} has no snapshot") from None
+
+
+def dependencies_key(snapshot: bytes) -> str | None:
+    """What decides ``node_modules``: package.json and the lockfile, hashed together."""
+    wanted = {"package.json": b"", "package-lock.json": b""}
+    with tarfile.open(fileobj=io.BytesIO(snapshot), mode="r:*") as archive:
+        for member in archive:
+            if member.name in wanted and member.isfile():
+                handle = archive.extractfile(member)
+                wanted[member.name] = handle.read() if handle else b""
+    if not wanted["package-lock.json"]:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(wanted):
+        digest.update(name.encode() + b"\0" + wanted[name] + b"\0")
+    return digest.hexdigest()

@@ -62,7 +62,18 @@ class Frame:
 
 def dumps(value: Any) -> str:
     """Compact JSON, as the official servers send it (smaller frames, identical meaning)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(data: str | bytes) -> Any:
+    """Strict JSON from a client: UTF-8 only, and no ``NaN``/``Infinity``, which Python accepts and
+    browsers' ``JSON.parse`` does not; forwarded as received, they would break every receiver."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, parse_constant=_no_constants)
 
 
 @dataclass(eq=False, slots=True)
@@ -88,13 +99,6 @@ class Broadcast:
     @property
     def arrived_binary(self) -> bool:
         return self.is_binary or self.received_json is not None
-
-    def as_map(self) -> dict[str, Any]:
-        """The broadcast as the JSON map clients expect inside a ``broadcast`` event."""
-        body: dict[str, Any] = {"type": "broadcast", "event": self.event, "payload": self.payload}
-        if self.meta:
-            body["meta"] = self.meta
-        return body
 
     def payload_json_bytes(self) -> bytes:
         if self.received_json is not None:

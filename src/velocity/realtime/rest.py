@@ -11,7 +11,6 @@ query parameter (realtime-js appends its socket parameters to the URL).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from velocity.domain.errors import Forbidden, Unauthorized
 from velocity.realtime.auth import Claims
 from velocity.realtime.core import HubCore
+from velocity.realtime.frames import loads
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class BroadcastEndpoints:
                 payload: Any = body
             elif content_type == "application/json":
                 payload = _json(body)
+                if not isinstance(payload, dict):
+                    raise _Refused(422, "a JSON payload must be an object")
             else:
                 raise _Refused(415, "send application/json or application/octet-stream")
             await self._authorize(claims, topic)
@@ -110,7 +112,7 @@ class BroadcastEndpoints:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Refused(422, f"the body is not JSON: {exc}") from exc
 
@@ -121,8 +123,8 @@ def _message(index: int, message: Any) -> tuple[str, str, Any, bool, dict[str, A
     topic, event = message.get("topic"), message.get("event")
     if not isinstance(topic, str) or not topic or not isinstance(event, str) or not event:
         raise _Refused(422, f"messages[{index}] needs a non-empty `topic` and `event`")
-    if "payload" not in message:
-        raise _Refused(422, f"messages[{index}] needs a `payload`")
+    if not isinstance(message.get("payload"), dict):
+        raise _Refused(422, f"messages[{index}] needs a `payload` object")
     message_id = message.get("id")
     meta = {"id": message_id} if isinstance(message_id, str) and message_id else None
     return topic, event, message["payload"], bool(message.get("private", False)), meta

@@ -10,7 +10,6 @@ Binary layouts are in ``docs/protocol.md`` and in the Realtime server's ``V2Seri
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any, Final, Protocol
 
@@ -24,6 +23,7 @@ from velocity.realtime.frames import (
     Frame,
     FrameError,
     dumps,
+    loads,
 )
 
 V1: Final = "1.0.0"
@@ -67,7 +67,7 @@ def _ref(value: Any, what: str) -> str | None:
 
 def _loads(text: str | bytes) -> Any:
     try:
-        return json.loads(text)
+        return loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"MalformedMessage: not JSON ({exc})") from exc
 
@@ -174,7 +174,7 @@ def _decode_user_broadcast_push(data: bytes) -> Frame:
 
 def _loads_in(body: bytes, topic: str, ref: str | None) -> Any:
     try:
-        return json.loads(body)
+        return loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"MalformedBroadcast: payload is not JSON ({exc})", topic=topic, ref=ref) from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import string
@@ -30,6 +31,7 @@ from velocity.domain import (
     Unavailable,
 )
 from velocity.policy import Limits, machines_to_destroy, verdict
+from velocity.projects import ProjectFiles
 from velocity.providers.base import (
     META_CREATE_TAG,
     META_INSTANCE,
@@ -78,6 +80,7 @@ class PreviewService:
         issuer: TokenIssuer,
         settings: Settings,
         clock: Clock,
+        files: ProjectFiles | None = None,
         instance: str = "local",
     ) -> None:
         self._store = store
@@ -87,6 +90,7 @@ class PreviewService:
         self._settings = settings
         self._clock = clock
         self._instance = instance
+        self._files = files
         self.limits = Limits(
             lifetime=timedelta(seconds=settings.lifetime_seconds),
             idle=timedelta(seconds=settings.idle_timeout_seconds),
@@ -252,6 +256,7 @@ class PreviewService:
             META_CREATE_TAG: f"{preview.id}-{secrets.token_hex(4)}",
         }
         return MachineSpec(
+            cache_key=self._cache_key(preview),
             image=s.preview_container_image,
             memory_mb=s.container_memory_mb,
             cpus=s.container_cpu_count,
@@ -261,6 +266,14 @@ class PreviewService:
             metadata=metadata,
             region=s.fly_regions[0] if s.fly_regions else None,
         )
+
+    def _cache_key(self, preview: Preview) -> str | None:
+        """Dependencies are shared only between previews of one owner: a sandbox can write to its
+        node_modules, so another user must never start from what it left."""
+        key = self._files.dependencies_key(preview.project_id) if self._files else None
+        if key is None:
+            return None
+        return hashlib.sha256(f"{preview.user_id}\0{key}".encode()).hexdigest()[:32]
 
     async def _launch(self, preview: Preview) -> None:
         try:

@@ -55,6 +55,15 @@ const ops = {
   track: ({ topic, meta }) => channels.get(topic).track(meta),
   untrack: ({ topic }) => channels.get(topic).untrack(),
   unsubscribe: ({ topic }) => channels.get(topic).unsubscribe(),
+  heartbeat() {
+    // Resolves with the client's own verdict on the reply: "ok" only if the ref came back.
+    return new Promise((resolve) => {
+      client.onHeartbeat((status) => {
+        if (status !== 'sent') resolve(status)
+      })
+      client.sendHeartbeat()
+    })
+  },
   setAuth: async ({ token }) => {
     await client.setAuth(token)
     return 'ok'

@@ -48,6 +48,9 @@ class SandboxOptions:
     pids_max: int = 512
     allow_unisolated: bool = False
     python: str = sys.executable
+    # node_modules of destroyed sandboxes, kept per MachineSpec.cache_key; None: no such cache.
+    modules_cache: Path | None = None
+    modules_cache_entries: int = 20
 
 
 class LocalSandboxProvider:
@@ -99,6 +102,8 @@ class LocalSandboxProvider:
         home.mkdir(mode=0o700)
         for directory in (paths.workspace, paths.run):
             self._own(directory)
+        if spec.cache_key:
+            await self._reuse_modules(spec.cache_key, paths.workspace)
         group = self._make_cgroup(machine_id, spec)
         command = self._command(machine_id, paths, group)
         env = self._env(spec, home)
@@ -127,6 +132,7 @@ class LocalSandboxProvider:
             "start_time": _start_time(proc.pid),
             "cgroup_version": group.version if group else None,
             "memory_mb": spec.memory_mb,
+            "cache_key": spec.cache_key,
         }
         _write_json(home / "machine.json", record)
         machine = Machine(
@@ -188,6 +194,7 @@ class LocalSandboxProvider:
         if group:
             await _until_empty(group)
             group.remove()
+        await asyncio.to_thread(self._keep_modules, machine_id)
         await asyncio.to_thread(shutil.rmtree, self._options.root / machine_id, True)
         self._procs.pop(machine_id, None)
         await self._set(machine_id, state=MachineState.DESTROYED)
@@ -210,6 +217,55 @@ class LocalSandboxProvider:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
             del self._pidfds[machine_id]
+
+    # --- the dependency cache ----------------------------------------------------------------------
+    async def _reuse_modules(self, key: str, workspace: Path) -> None:
+        """Hard-link a kept node_modules into a new workspace (a few ms, against a second of npm ci)."""
+        cache = self._options.modules_cache
+        if cache is None or not (cache / key / "node_modules").is_dir():
+            return
+        linked = await asyncio.to_thread(
+            subprocess.run,
+            ["cp", "-al", str(cache / key / "node_modules"), str(workspace / "node_modules")],
+            capture_output=True,
+        )
+        if linked.returncode != 0:  # another filesystem, say: the agent installs as usual
+            log.info("could not link cached dependencies: %s", linked.stderr.decode(errors="replace")[-200:])
+            shutil.rmtree(workspace / "node_modules", ignore_errors=True)
+            return
+        os.utime(cache / key)  # most recently used, for eviction
+
+    def _keep_modules(self, machine_id: str) -> None:
+        """Move a finished install's node_modules into the cache before the sandbox's files go.
+
+        Only a complete install is kept (npm writes node_modules/.package-lock.json last), without
+        Vite's caches; the key includes the owner, so a sandbox can only ever affect its owner's
+        later previews.
+        """
+        cache = self._options.modules_cache
+        key = self._record(machine_id).get("cache_key")
+        modules = self._options.root / machine_id / "workspace" / "node_modules"
+        if cache is None or not key or not (modules / ".package-lock.json").is_file():
+            return
+        if (cache / key).exists():
+            os.utime(cache / key)
+            return
+        staging = cache / f".{key}.{machine_id}"
+        try:
+            staging.mkdir(parents=True)
+            os.rename(modules, staging / "node_modules")
+            for scratch in (".vite", ".vite-temp", ".cache"):
+                shutil.rmtree(staging / "node_modules" / scratch, ignore_errors=True)
+            os.rename(staging, cache / key)
+        except OSError as exc:  # a concurrent keeper won, or another filesystem
+            log.info("not keeping dependencies of %s: %s", machine_id, exc)
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        entries = sorted(
+            (p for p in cache.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
+        )
+        for stale in entries[: max(0, len(entries) - self._options.modules_cache_entries)]:
+            shutil.rmtree(stale, ignore_errors=True)
 
     # --- sandboxes -------------------------------------------------------------------------------
     def _command(
