@@ -1,4 +1,5 @@
-"""A real orchestrator on a loopback port with real bubblewrap sandboxes, and ways to talk to it."""
+"""A real orchestrator on a loopback port with real bubblewrap sandboxes, and ways to talk to it; and
+the Fly Machines API emulator on another, its machines local sandboxes, for ``PREVIEW_PROVIDER=fly``."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import asyncio
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
+from velocity.emulator import FlyEmulator
+from velocity.emulator.fleet import EmulatedMachine
+from velocity.emulator.health import probe_http
 from velocity.projects import pack_directory
+from velocity.providers.local import LocalSandboxProvider, SandboxOptions
 from velocity.server import Running, running
 from velocity.settings import Settings
 
@@ -134,3 +140,62 @@ def warm_npm_cache(npm_cache: Path) -> None:
             assert ready["state"] == "ready", ready
 
     asyncio.run(build())
+
+
+FLY_TOKEN = "e2e-fly-token"
+
+
+@dataclass
+class EmulatedFly:
+    """The Fly Machines API emulator serving on a loopback port; its machines are local sandboxes."""
+
+    emulator: FlyEmulator
+    url: str
+    sandboxes: Path  # one directory per backing sandbox, named by the backing machine's id
+
+    def settings(self) -> dict[str, Any]:
+        """What an orchestrator needs to run its previews here (overrides for ``live_orchestrator``)."""
+        return {
+            "preview_provider": "fly",
+            "fly_api_base_url": self.url,
+            "fly_api_token": FLY_TOKEN,
+            "fly_agent_route": "emulator",
+            "fly_machine_id": None,  # not on Fly, whatever the environment says: proxy, never replay
+        }
+
+    async def destroyed(self, machine: EmulatedMachine, timeout: float = 30) -> None:
+        """Return once the emulator has destroyed ``machine`` (and with it its backing sandbox)."""
+        async with asyncio.timeout(timeout):
+            await self.emulator.fleet.wait(machine, frozenset({"destroyed"}), after_event=None)
+
+
+class _QuietServer(uvicorn.Server):
+    """Leaves the test process's signal handlers alone."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@asynccontextmanager
+async def emulated_fly(*, npm_cache: Path) -> AsyncIterator[EmulatedFly]:
+    """``velocity fly-emulator --backend local`` in this process, on 127.0.0.1:<free port>.
+
+    The socket listens before the server starts, so early calls wait in its backlog. On exit the
+    emulator's lifespan destroys every machine it still has, then the sandboxes' directory goes.
+    """
+    root = Path(tempfile.mkdtemp(prefix="vp-fly-"))
+    provider = LocalSandboxProvider(SandboxOptions(root=root / "sandboxes", npm_cache=npm_cache))
+    emulator = FlyEmulator(provider, tokens=[FLY_TOKEN], health=probe_http)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = _QuietServer(uvicorn.Config(emulator, lifespan="on", log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield EmulatedFly(emulator, f"http://127.0.0.1:{sock.getsockname()[1]}", root / "sandboxes")
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+        shutil.rmtree(root, ignore_errors=True)

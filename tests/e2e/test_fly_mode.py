@@ -1,0 +1,45 @@
+"""``PREVIEW_PROVIDER=fly`` on a laptop: the orchestrator drives the Fly Machines API emulator, whose
+machines are real sandboxes, and a preview serves through the router as with the local provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import EXAMPLE, emulated_fly, live_orchestrator
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_a_preview_made_through_the_fly_api_serves_and_is_destroyed(npm_cache: Path) -> None:
+    """Create through the API, see the app through the router, delete: the Fly machine and its sandbox go."""
+    async with (
+        emulated_fly(npm_cache=npm_cache) as fly,
+        live_orchestrator(npm_cache=npm_cache, **fly.settings()) as live,
+    ):
+        assert live.running.runtime.provider.name == "fly"
+        await live.import_project(EXAMPLE, "example")
+        preview = await live.create("example")
+        ready = await live.settled(preview["id"])
+        assert ready["state"] == "ready", ready["failure_reason"]
+        machine = fly.emulator.fleet.machines[ready["machine_id"]]
+        assert machine.state == "started"
+        assert machine.config["metadata"]["velocity_preview_id"] == preview["id"]
+        assert machine.backing_id is not None
+        sandbox = fly.sandboxes / machine.backing_id
+        assert sandbox.is_dir()
+
+        app = await live.fetch(preview["id"], "/src/App.jsx")
+        assert app.status_code == 200
+        assert "Hello from Velocity" in app.text
+        assert "fly-replay" not in app.headers  # off Fly the router proxies
+
+        deleted = await live.api.delete(f"/v1/previews/{preview['id']}")
+        assert deleted.json()["state"] == "stopped"
+        await fly.destroyed(machine)
+        assert not sandbox.exists()
+        assert (await live.fetch(preview["id"], "/")).status_code == 410
+        calls = fly.emulator.stats.calls
+        assert (calls["create"], calls["destroy"]) == (1, 1)
+        assert fly.emulator.stats.rate_limited == {}
