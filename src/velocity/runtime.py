@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from pydantic import SecretStr
 from starlette.types import ASGIApp
 
 from velocity.api import create_api
 from velocity.api.limits import BodyLimit
-from velocity.auth import TokenIssuer, load_or_create_secret
+from velocity.auth import JwksCache, SigningKey, TokenIssuer, TokenVerifier, load_or_create_secret
+from velocity.auth.jwks import Fetch
 from velocity.clock import Clock, SystemClock
-from velocity.domain import ConfigError
+from velocity.domain import ConfigError, Unavailable
 from velocity.loops import run_maintenance, supervise
 from velocity.projects import ProjectFiles
 from velocity.providers.base import MachineProvider
@@ -40,13 +44,30 @@ def resolve_local_defaults(settings: Settings) -> Settings:
     return resolved
 
 
-def issuer_for(settings: Settings) -> TokenIssuer:
+def issuer_for(settings: Settings, signing_key: SigningKey | None = None) -> TokenIssuer:
     if settings.supabase_jwt_secret is None:
         raise ConfigError("SUPABASE_JWT_SECRET is not set and no local secret was made")
     return TokenIssuer(
-        settings.supabase_jwt_secret.get_secret_value(),
+        signing_key=signing_key,
+        secret=settings.supabase_jwt_secret.get_secret_value(),
         issuer=f"{(settings.supabase_url or settings.orchestrator_url).rstrip('/')}/auth/v1",
     )
+
+
+def _jwks_over_http(issuer: str) -> Fetch:
+    """Fetch ``<SUPABASE_URL>/auth/v1/.well-known/jwks.json`` (locally: this orchestrator's own)."""
+
+    async def fetch() -> Mapping[str, Any]:
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.get(f"{issuer}/.well-known/jwks.json")
+                response.raise_for_status()
+                document: Mapping[str, Any] = response.json()
+                return document
+        except (httpx.HTTPError, ValueError) as exc:
+            raise Unavailable(f"cannot verify tokens: the JWKS at {issuer} is unreachable ({exc})") from exc
+
+    return fetch
 
 
 def make_provider(settings: Settings) -> MachineProvider:
@@ -79,6 +100,8 @@ class Runtime:
     issuer: TokenIssuer
     agents: AgentClient
     clock: Clock
+    verifier: TokenVerifier
+    signing_key: SigningKey | None
     _loops: asyncio.Task[None] | None = field(default=None, repr=False)
     _router: PreviewRouter | None = field(default=None, repr=False)
 
@@ -90,6 +113,7 @@ class Runtime:
         provider: MachineProvider | None = None,
         clock: Clock | None = None,
         agents: AgentClient | None = None,
+        jwks_fetch: Fetch | None = None,
     ) -> Runtime:
         settings = resolve_local_defaults(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +124,17 @@ class Runtime:
         if start_watching is not None:
             await start_watching()
         clock = clock or SystemClock()
-        issuer = issuer_for(settings)
+        # Locally the orchestrator plays Supabase Auth: it signs user tokens and publishes the JWKS.
+        local_auth = settings.supabase_url == settings.orchestrator_url
+        signing_key = SigningKey.load_or_create(settings.data_dir / "signing-key.pem") if local_auth else None
+        issuer = issuer_for(settings, signing_key)
+        verifier = TokenVerifier(
+            issuer=issuer.issuer,
+            hs256_secret=settings.supabase_jwt_secret.get_secret_value()
+            if settings.supabase_jwt_secret
+            else None,
+            jwks=JwksCache(jwks_fetch or _jwks_over_http(issuer.issuer), clock=clock),
+        )
         agents = agents or AgentClient()
         files = ProjectFiles(settings.data_dir / "projects")
         previews = PreviewService(
@@ -118,13 +152,16 @@ class Runtime:
             clock=clock,
             max_bytes=settings.max_project_bytes,
         )
-        return cls(settings, store, provider, previews, projects, issuer, agents, clock)
+        return cls(
+            settings, store, provider, previews, projects, issuer, agents, clock, verifier, signing_key
+        )
 
     def asgi(self) -> ASGIApp:
         api = create_api(
             previews=self.previews,
             projects=self.projects,
-            issuer=self.issuer,
+            verifier=self.verifier,
+            jwks=self.signing_key.jwks() if self.signing_key else None,
             settings=self.settings,
             provider_name=self.provider.name,
         )

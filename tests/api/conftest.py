@@ -35,10 +35,21 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
     settings = Settings(velocity_data_dir=tmp_path, max_request_body_bytes=4096, _env_file=None)  # type: ignore[call-arg]
     provider = FakeProvider()
     agents = Agents()
+    clients: list[httpx.AsyncClient] = []
+
+    async def jwks_from_the_app() -> dict[str, object]:
+        # The orchestrator's own JWKS endpoint, reached through the app as any verifier would.
+        document: dict[str, object] = (await clients[0].get("/auth/v1/.well-known/jwks.json")).json()
+        return document
+
     runtime = await Runtime.open(
-        settings, provider=provider, agents=AgentClient(httpx.MockTransport(agents.handle))
+        settings,
+        provider=provider,
+        agents=AgentClient(httpx.MockTransport(agents.handle)),
+        jwks_fetch=jwks_from_the_app,
     )
     transport = httpx.ASGITransport(app=runtime.asgi())
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        clients.append(client)
         yield Orchestrator(runtime, client, provider, agents)
     await runtime.close(stop_previews=True)

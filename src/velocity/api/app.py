@@ -1,7 +1,6 @@
 """The FastAPI application and its routes."""
 
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,7 +18,7 @@ from velocity.api.schemas import (
     ProjectList,
     ProjectOut,
 )
-from velocity.auth import Caller, TokenIssuer
+from velocity.auth import Caller, TokenVerifier
 from velocity.domain import Preview, Unauthorized
 from velocity.service import PreviewService, ProjectService
 from velocity.settings import Settings
@@ -33,8 +32,9 @@ def create_api(
     *,
     previews: PreviewService,
     projects: ProjectService,
-    issuer: TokenIssuer,
+    verifier: TokenVerifier,
     settings: Settings,
+    jwks: dict[str, Any] | None = None,
     provider_name: str,
 ) -> FastAPI:
     app = FastAPI(
@@ -51,7 +51,7 @@ def create_api(
     ) -> Caller:
         if credentials is None:
             raise Unauthorized("missing bearer token: send Authorization: Bearer <token> (velocity token)")
-        return issuer.verify(credentials.credentials)
+        return await verifier.verify(credentials.credentials)
 
     async def user(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if who.is_agent:
@@ -65,6 +65,13 @@ def create_api(
 
     def out(preview: Preview) -> PreviewOut:
         return PreviewOut.of(preview, settings.preview_url(preview.id))
+
+    if jwks is not None:
+
+        @app.get("/auth/v1/.well-known/jwks.json", tags=["auth"])
+        async def jwks_document() -> dict[str, Any]:
+            """The public keys user tokens are signed with (locally, this orchestrator plays Supabase Auth)."""
+            return jwks
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

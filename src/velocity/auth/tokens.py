@@ -6,12 +6,14 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 
+from velocity.auth.keys import SigningKey
 from velocity.domain import Unauthorized
 
 AGENT_ROLE = "agent"
@@ -33,23 +35,54 @@ class Caller:
         return self.role == AGENT_ROLE
 
 
+def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
+    """The caller a verified token names: one of our agents, or a signed-in user."""
+    role = str(claims.get("role", ""))
+    if role == AGENT_ROLE and claims.get("aud") == AGENT_AUDIENCE:
+        return Caller(
+            subject=str(claims["sub"]),
+            role=role,
+            project_id=str(claims.get("project_id")),
+            preview_id=str(claims.get("preview_id")),
+        )
+    audiences = claims.get("aud")
+    audiences = audiences if isinstance(audiences, list) else [audiences]
+    if role != "authenticated" or USER_AUDIENCE not in audiences:
+        raise Unauthorized(f"a token with role {role!r} cannot call this API; use a user access token")
+    return Caller(subject=str(claims["sub"]), role=role)
+
+
 class TokenIssuer:
-    def __init__(self, secret: str, *, issuer: str) -> None:
+    """Mints tokens the way Supabase Auth would: users' with the ES256 signing key (when given) or
+    the HS256 secret; the anon key and agents' tokens with the HS256 secret."""
+
+    def __init__(self, secret: str, *, issuer: str, signing_key: SigningKey | None = None) -> None:
         if len(secret) < 32:
             raise ValueError("the JWT secret must be at least 32 characters")
         self._secret = secret
+        self._signing_key = signing_key
         self.issuer = issuer
 
-    def _encode(self, claims: dict[str, Any], ttl_seconds: float) -> str:
+    def _encode(self, claims: dict[str, Any], ttl_seconds: float, *, asymmetric: bool = False) -> str:
         now = int(time.time())
         claims = {"iss": self.issuer, "iat": now, "exp": now + int(ttl_seconds), **claims}
+        if asymmetric and self._signing_key is not None:
+            return jwt.encode(
+                claims,
+                self._signing_key.private_key,
+                algorithm="ES256",
+                headers={"kid": self._signing_key.kid},
+            )
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
-    def mint_user(self, user_id: str, *, ttl_seconds: float = 3600, email: str | None = None) -> str:
+    def mint_user(
+        self, user_id: str, *, ttl_seconds: float = 3600, email: str | None = None, legacy: bool = False
+    ) -> str:
+        """A user access token: ES256 with a ``kid`` like Supabase's signing keys (HS256 if ``legacy``)."""
         claims: dict[str, Any] = {"sub": user_id, "aud": USER_AUDIENCE, "role": "authenticated"}
         if email:
             claims["email"] = email
-        return self._encode(claims, ttl_seconds)
+        return self._encode(claims, ttl_seconds, asymmetric=not legacy)
 
     def mint_anon(self, *, ttl_seconds: float = 10 * 365 * 86400) -> str:
         """The public anon key, as Supabase issues it (role ``anon``, no subject)."""
@@ -66,18 +99,23 @@ class TokenIssuer:
         return self._encode(claims, ttl_seconds)
 
     def verify(self, token: str) -> Caller:
-        """Verify signature, expiry, issuer and audience; anon and service keys are not callers."""
+        """Verify a token this issuer made (signature, expiry, issuer, audience), synchronously."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("malformed bearer token: expected a JWT") from None
-        if header.get("alg") != "HS256":
-            raise Unauthorized(f"unsupported token algorithm {header.get('alg')!r}; expected HS256")
+        alg = header.get("alg")
+        if alg == "ES256" and self._signing_key is not None:
+            key: Any = self._signing_key.public_key
+        elif alg == "HS256":
+            key = self._secret
+        else:
+            raise Unauthorized(f"unsupported token algorithm {alg!r}")
         try:
             claims = jwt.decode(
                 token,
-                self._secret,
-                algorithms=["HS256"],
+                key,
+                algorithms=[alg],
                 audience=[USER_AUDIENCE, AGENT_AUDIENCE],
                 issuer=self.issuer,
                 options={"require": ["exp", "iss", "sub", "aud"]},
@@ -87,17 +125,7 @@ class TokenIssuer:
             raise Unauthorized("token expired; mint a new one (velocity token)") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"token rejected: {exc}") from None
-        role = str(claims.get("role", ""))
-        if role == AGENT_ROLE and claims.get("aud") == AGENT_AUDIENCE:
-            return Caller(
-                subject=str(claims["sub"]),
-                role=role,
-                project_id=str(claims.get("project_id")),
-                preview_id=str(claims.get("preview_id")),
-            )
-        if role != "authenticated" or claims.get("aud") != USER_AUDIENCE:
-            raise Unauthorized(f"a token with role {role!r} cannot call this API; use a user access token")
-        return Caller(subject=str(claims["sub"]), role=role)
+        return caller_from_claims(claims)
 
 
 def load_or_create_secret(path: Path) -> str:
