@@ -78,3 +78,44 @@ def test_an_existing_node_modules_is_kept(tmp_path: Path) -> None:
 def test_no_package_json_means_nothing_to_install(tmp_path: Path) -> None:
     """Without package.json there is no install step."""
     assert install_command(tmp_path, {}) is None
+
+
+def _installed_example(tmp_path: Path) -> Path:
+    """A workspace whose node_modules npm has recorded as installing exactly the lockfile."""
+    lock = {
+        "name": "app",
+        "lockfileVersion": 3,
+        "packages": {
+            "": {"name": "app", "dependencies": {"left-pad": "^1.3.0"}},
+            "node_modules/left-pad": {"version": "1.3.0", "resolved": "https://r/left-pad.tgz"},
+            "node_modules/fsevents": {"version": "2.3.3", "optional": True, "os": ["darwin"]},
+        },
+    }
+    (tmp_path / "package.json").write_text(
+        json.dumps({"name": "app", "dependencies": {"left-pad": "^1.3.0"}})
+    )
+    (tmp_path / "package-lock.json").write_text(json.dumps(lock))
+    (tmp_path / "node_modules").mkdir()
+    hidden = {
+        "name": "app",
+        "lockfileVersion": 3,
+        "packages": {"node_modules/left-pad": lock["packages"]["node_modules/left-pad"]},
+    }
+    (tmp_path / "node_modules" / ".package-lock.json").write_text(json.dumps(hidden))
+    return tmp_path
+
+
+def test_no_install_runs_when_node_modules_already_match_the_lockfile(tmp_path: Path) -> None:
+    """A node_modules linked from a kept install needs no npm at all (optional packages of other platforms aside)."""
+    assert install_command(_installed_example(tmp_path), {}) is None
+
+
+def test_an_install_runs_when_package_json_asks_for_something_new(tmp_path: Path) -> None:
+    """A dependency added to package.json but not yet to the lockfile means npm install."""
+    workspace = _installed_example(tmp_path)
+    (workspace / "package.json").write_text(
+        json.dumps({"name": "app", "dependencies": {"left-pad": "^1.3.0", "ms": "2"}})
+    )
+    command = install_command(workspace, {})
+    assert command is not None
+    assert command.argv[:2] == ("npm", "install")

@@ -55,11 +55,33 @@ def install_command(workspace: Path, env: Mapping[str, str]) -> Command | None:
     """``npm ci`` from a lockfile into an empty node_modules, ``npm install`` otherwise, nothing
     without a package.json. ``npm ci`` deletes node_modules first, so a node_modules the provider
     placed there already (hard-linked from a warm copy) is kept by using ``npm install`` instead."""
-    if read_package(workspace) is None:
+    package = read_package(workspace)
+    if package is None or dependencies_installed(workspace, package):
         return None
     locked = (workspace / "package-lock.json").is_file() or (workspace / "npm-shrinkwrap.json").is_file()
     verb = "ci" if locked and not (workspace / "node_modules").exists() else "install"
     return Command(("npm", verb, *_NPM_FLAGS), child_env(env))
+
+
+def dependencies_installed(workspace: Path, package: Mapping[str, Any]) -> bool:
+    """Whether node_modules already holds exactly what the lockfile asks for, so even npm's no-op
+    install (about 300 ms) can be skipped: npm's own record of what it installed
+    (``node_modules/.package-lock.json``) matches the lockfile, leaving out only optional packages for
+    other platforms, and package.json asks for what the lockfile was made from."""
+    try:
+        lock = json.loads((workspace / "package-lock.json").read_text())
+        installed = json.loads((workspace / "node_modules" / ".package-lock.json").read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {k: v for k, v in lock.get("packages", {}).items() if k}
+    present = installed.get("packages", {})
+    if any(wanted.get(name) != entry for name, entry in present.items()):
+        return False
+    if any(not entry.get("optional") for name, entry in wanted.items() if name not in present):
+        return False
+    root = lock.get("packages", {}).get("", {})
+    kinds = ("dependencies", "devDependencies", "optionalDependencies", "peerDependencies")
+    return all((package.get(kind) or {}) == (root.get(kind) or {}) for kind in kinds)
 
 
 def dev_command(workspace: Path, port: int, env: Mapping[str, str]) -> Command:
