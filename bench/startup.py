@@ -37,6 +37,9 @@ EXAMPLE = REPO / "examples" / "react-vite"
 RESULTS = REPO / "bench" / "results" / "startup.json"
 
 
+CPUS = 1
+
+
 async def ours_once(npm_cache: Path, modules_cache: Path | None = None) -> float:
     """One preview through a fresh orchestrator: POST, then GET the URL until it answers 200.
 
@@ -50,6 +53,7 @@ async def ours_once(npm_cache: Path, modules_cache: Path | None = None) -> float
         velocity_port=0,
         local_npm_cache_dir=npm_cache,
         local_modules_cache_dir=modules_cache or data / "modules",
+        container_cpu_count=CPUS,
     )
     try:
         async with running(settings) as orchestrator:
@@ -112,7 +116,13 @@ def main() -> None:
     )
     parser.add_argument("--warm-runs", type=int, default=7)
     parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument(
+        "--cpus", type=int, default=1, help="CONTAINER_CPU_COUNT of our sandboxes (the floor is not limited)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    global CPUS
+    CPUS = args.cpus
 
     results: dict[str, Any] = {
         "machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version()}
@@ -164,8 +174,9 @@ def main() -> None:
             results[f"ratio_{ours.removeprefix('ours_')}_median"] = round(
                 results[ours]["median"] / results[floor]["median"], 3
             )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results["container_cpu_count"] = CPUS
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
