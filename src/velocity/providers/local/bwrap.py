@@ -17,6 +17,8 @@ from pathlib import Path
 
 import velocity
 
+# The machine's main process, as the preview image's CMD runs it (tests hold the two equal).
+AGENT_ARGS = ("-m", "velocity.agent")
 WORKSPACE = "/workspace"
 RUN_DIR = "/run/velocity"
 NPM_CACHE = "/cache/npm"

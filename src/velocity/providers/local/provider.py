@@ -23,6 +23,7 @@ from velocity.domain import Machine, MachineSpec, MachineState, NotFound, Sandbo
 from velocity.providers.base import STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups
 from velocity.providers.local.bwrap import (
+    AGENT_ARGS,
     AGENT_SOCKET,
     NPM_CACHE,
     SHIM,
@@ -273,7 +274,7 @@ class LocalSandboxProvider:
     ) -> builtins.list[str]:
         home = self._options.root / machine_id
         procs = " ".join(str(p) for p in group.procs_files) if group else ""
-        agent = [self._options.python, "-m", "velocity.agent"]
+        agent = [self._options.python, *AGENT_ARGS]
         if self._bwrap is None:
             inner = agent
         else:
