@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     container_cleanup_interval_minutes: float = Field(
         5, gt=0, description="CONTAINER_CLEANUP_INTERVAL_MINUTES: reaper and reconciler period"
     )
+    preview_create_rate_per_minute: float = Field(
+        20, gt=0, description="PREVIEW_CREATE_RATE_PER_MINUTE: preview creates a user may make per minute"
+    )
+    preview_create_burst: int = Field(
+        10, ge=1, description="PREVIEW_CREATE_BURST: creates a user may make at once before the rate applies"
+    )
     preview_idle_timeout_minutes: float = Field(
         15,
         gt=0,

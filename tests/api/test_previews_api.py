@@ -250,3 +250,19 @@ async def test_the_router_answers_unknown_and_malformed_preview_hosts_clearly(
     assert "no preview abcdefabcdef" in unknown.text
     malformed = await orchestrator.client.get("/", headers={"host": "not_an.id.preview.localhost"})
     assert 400 <= malformed.status_code < 500
+
+
+async def test_too_many_creates_get_429_with_retry_after(orchestrator: Orchestrator) -> None:
+    """Past the create rate the API answers 429 with a Retry-After header and creates nothing."""
+    await import_project(orchestrator)
+    responses = [
+        await orchestrator.client.post(
+            "/v1/previews", json={"project_id": "my-app"}, headers=orchestrator.auth()
+        )
+        for _ in range(orchestrator.runtime.settings.preview_create_burst + 1)
+    ]
+    refused = responses[-1]
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert {r.json()["id"] for r in responses[:-1]} == {responses[0].json()["id"]}

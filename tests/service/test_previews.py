@@ -13,6 +13,7 @@ from velocity.domain import (
     PreviewGone,
     PreviewState,
     QuotaExceeded,
+    TooManyRequests,
     Unavailable,
 )
 from velocity.providers.base import META_OWNER, META_PREVIEW_ID, META_PROJECT_ID, META_USER_ID
@@ -175,3 +176,19 @@ async def test_routing_waits_for_a_booting_preview(world: World) -> None:
     await world.clock.advance(1)
     endpoint = await route
     assert endpoint.base_url.startswith("http://")
+
+
+async def test_a_burst_of_creates_past_the_rate_gets_429_with_when_to_retry(world: World) -> None:
+    """PREVIEW_CREATE_BURST creates at once, then one per refill: the rest are told when to retry."""
+    for _ in range(world.settings.preview_create_burst):
+        preview, _ = await world.service.create(ALICE, "alice-one")
+        await world.service.delete(ALICE, preview.id)
+    with pytest.raises(TooManyRequests) as refused:
+        await world.service.create(ALICE, "alice-one")
+    assert refused.value.status_code == 429
+    assert refused.value.retry_after == pytest.approx(60 / world.settings.preview_create_rate_per_minute)
+    _, created = await world.service.create(BOB, "bob-one")
+    assert created, "another user's rate is their own"
+    await world.clock.advance(refused.value.retry_after or 0)
+    _, created = await world.service.create(ALICE, "alice-one")
+    assert created

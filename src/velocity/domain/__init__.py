@@ -17,6 +17,7 @@ from velocity.domain.errors import (
     QuotaExceeded,
     RateLimited,
     SandboxUnavailable,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SandboxUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
 ]

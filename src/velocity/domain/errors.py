@@ -8,6 +8,7 @@
     │   └── PreviewGone      the preview stopped or failed (410)
     ├── Conflict             the request contradicts current state (409)
     ├── QuotaExceeded        a per-user limit is reached (429)
+    │   └── TooManyRequests  a per-user rate is exceeded; retry after ``retry_after`` (429)
     ├── ConfigError          a setting is missing or wrong; stops the start
     ├── AgentError           the in-machine agent answered badly or not at all
     └── ProviderError        a machine backend failed
@@ -75,6 +76,10 @@ class QuotaExceeded(PreviewError):
         super().__init__(message)
         self.limit = limit
         self.retry_after = retry_after
+
+
+class TooManyRequests(QuotaExceeded):
+    code = "rate_limited"
 
 
 class ConfigError(PreviewError):

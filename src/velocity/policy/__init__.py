@@ -2,5 +2,6 @@
 or machines must go (expired, idle, stuck, orphaned). No I/O here."""
 
 from velocity.policy.lifecycle import Limits, Verdict, machines_to_destroy, verdict
+from velocity.policy.rate import TokenBuckets
 
-__all__ = ["Limits", "Verdict", "machines_to_destroy", "verdict"]
+__all__ = ["Limits", "TokenBuckets", "Verdict", "machines_to_destroy", "verdict"]

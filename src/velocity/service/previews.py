@@ -28,9 +28,10 @@ from velocity.domain import (
     PreviewGone,
     PreviewState,
     ProviderError,
+    TooManyRequests,
     Unavailable,
 )
-from velocity.policy import Limits, machines_to_destroy, verdict
+from velocity.policy import Limits, TokenBuckets, machines_to_destroy, verdict
 from velocity.projects import ProjectFiles
 from velocity.providers.base import (
     META_CREATE_TAG,
@@ -97,6 +98,9 @@ class PreviewService:
             readiness=timedelta(seconds=settings.container_timeout_seconds),
             max_per_user=settings.max_containers_per_user,
         )
+        self._create_rate = TokenBuckets(
+            settings.preview_create_rate_per_minute, settings.preview_create_burst
+        )
         self._tasks = TaskSet()
         # Notified on every state change this service makes; waiters re-read the store.
         self._changed = asyncio.Condition()
@@ -108,6 +112,14 @@ class PreviewService:
     # --- use cases -------------------------------------------------------------------------------
     async def create(self, caller: Caller, project_id: str) -> tuple[Preview, bool]:
         """A new preview of ``project_id``, or the caller's live one; the machine is made in the background."""
+        wait = self._create_rate.take(caller.subject, self._clock.now())
+        if wait is not None:
+            raise TooManyRequests(
+                f"too many previews created; retry in {wait:.0f} s "
+                f"(PREVIEW_CREATE_RATE_PER_MINUTE={self._settings.preview_create_rate_per_minute:g})",
+                limit=self._settings.preview_create_burst,
+                retry_after=wait,
+            )
         project = await self._store.get_project(project_id)
         if project.owner_id != caller.subject:
             raise NotFound(f"project {project_id} not found")
