@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     preview_create_burst: int = Field(
         10, ge=1, description="PREVIEW_CREATE_BURST: creates a user may make at once before the rate applies"
     )
+    preview_access: str = Field(
+        "public",
+        pattern="^(private|public)$",
+        description="PREVIEW_ACCESS: private (a signed link or the owner's token is needed) or public",
+    )
+    preview_access_link_seconds: int = Field(
+        300, ge=10, description="PREVIEW_ACCESS_LINK_SECONDS: how long a signed preview link may be opened"
+    )
     preview_idle_timeout_minutes: float = Field(
         15,
         gt=0,

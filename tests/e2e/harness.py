@@ -46,10 +46,13 @@ class Live:
     def settings(self) -> Settings:
         return self.running.settings
 
-    async def import_project(self, directory: Path, project_id: str) -> None:
+    async def import_project(self, directory: Path, project_id: str, **query: str) -> None:
         snapshot = pack_directory(directory, max_bytes=self.settings.max_project_bytes)
         response = await self.api.put(
-            f"/v1/projects/{project_id}", content=snapshot.data, headers={"content-type": "application/gzip"}
+            f"/v1/projects/{project_id}",
+            content=snapshot.data,
+            params=query,
+            headers={"content-type": "application/gzip"},
         )
         response.raise_for_status()
 

@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import velocity
-from velocity.api import errors
+from velocity.api import errors, events
 from velocity.api.schemas import (
     CreatePreview,
     ErrorOut,
@@ -21,6 +21,8 @@ from velocity.api.schemas import (
 from velocity.auth import Caller, TokenVerifier
 from velocity.domain import Preview, Unauthorized
 from velocity.service import PreviewService, ProjectService
+from velocity.service.access import PreviewAccess
+from velocity.service.events import PreviewEvents
 from velocity.settings import Settings
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -33,9 +35,11 @@ def create_api(
     previews: PreviewService,
     projects: ProjectService,
     verifier: TokenVerifier,
+    access: PreviewAccess,
     settings: Settings,
     jwks: dict[str, Any] | None = None,
     provider_name: str,
+    preview_events: PreviewEvents | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Velocity Previews",
@@ -59,12 +63,20 @@ def create_api(
         return who
 
     User = Annotated[Caller, Depends(user)]
+    events.install(
+        app,
+        user=user,
+        previews=previews,
+        events=preview_events or PreviewEvents(previews, listen=None),
+        settings=settings,
+    )
     AnyCaller = Annotated[Caller, Depends(caller)]
     PreviewPath = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="a preview id")]
     ProjectPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="a project id")]
 
-    def out(preview: Preview) -> PreviewOut:
-        return PreviewOut.of(preview, settings.preview_url(preview.id))
+    def out(preview: Preview, stage: str | None = None) -> PreviewOut:
+        link = access.link(preview) if preview.is_live else None
+        return PreviewOut.of(preview, settings.preview_url(preview.id), stage, access_url=link)
 
     if jwks is not None:
 
@@ -93,7 +105,7 @@ def create_api(
     async def get_preview(preview_id: PreviewPath, who: User) -> PreviewOut:
         """The preview; while booting, ``stage`` says what its agent is doing (installing, starting)."""
         preview = await previews.get(who, preview_id)
-        return PreviewOut.of(preview, settings.preview_url(preview.id), await previews.stage(preview))
+        return out(preview, await previews.stage(preview))
 
     @app.delete("/v1/previews/{preview_id}", response_model=PreviewOut, tags=["previews"])
     async def delete_preview(preview_id: PreviewPath, who: User) -> PreviewOut:
@@ -119,10 +131,11 @@ def create_api(
         request: Request,
         who: User,
         name: Annotated[str, Query(max_length=200)] = "",
+        public: Annotated[bool | None, Query(description="previews open without sign-in")] = None,
     ) -> ProjectOut:
         """Register or replace a project from a gzip tarball body (``application/gzip``)."""
         archive = await request.body()
-        project = await projects.import_archive(who, project_id, name=name, archive=archive)
+        project = await projects.import_archive(who, project_id, name=name, archive=archive, public=public)
         return ProjectOut.of(project)
 
     @app.get("/v1/projects", response_model=ProjectList, tags=["projects"])

@@ -24,6 +24,8 @@ class PreviewOut(BaseModel):
     state: str
     stage: str
     url: str
+    # Opens the preview and signs the opener in to it; short-lived (PREVIEW_ACCESS_LINK_SECONDS).
+    access_url: str | None
     machine_id: str | None
     created_at: datetime
     updated_at: datetime
@@ -34,13 +36,16 @@ class PreviewOut(BaseModel):
     failure_logs: list[str]
 
     @classmethod
-    def of(cls, preview: Preview, url: str, stage: str | None = None) -> PreviewOut:
+    def of(
+        cls, preview: Preview, url: str, stage: str | None = None, *, access_url: str | None = None
+    ) -> PreviewOut:
         return cls(
             id=preview.id,
             project_id=preview.project_id,
             state=preview.state.value,
             stage=stage or preview.state.value,
             url=url,
+            access_url=access_url,
             machine_id=preview.machine_id,
             created_at=preview.created_at,
             updated_at=preview.updated_at,
@@ -72,6 +77,7 @@ class ProjectOut(BaseModel):
     name: str
     file_count: int
     size_bytes: int
+    public: bool
     created_at: datetime
     updated_at: datetime
 
@@ -82,6 +88,7 @@ class ProjectOut(BaseModel):
             name=project.name,
             file_count=project.file_count,
             size_bytes=project.size_bytes,
+            public=project.public,
             created_at=project.created_at,
             updated_at=project.updated_at,
         )

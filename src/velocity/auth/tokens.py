@@ -19,6 +19,9 @@ from velocity.domain import Unauthorized
 AGENT_ROLE = "agent"
 USER_AUDIENCE = "authenticated"
 AGENT_AUDIENCE = "velocity-agent"
+# A signed preview link (minutes), and the cookie it is exchanged for (until the preview ends).
+ACCESS_AUDIENCE = "velocity-preview-access"
+SESSION_AUDIENCE = "velocity-preview-session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,33 @@ class TokenIssuer:
             "preview_id": preview_id,
         }
         return self._encode(claims, ttl_seconds)
+
+    def mint_preview(self, *, preview_id: str, user_id: str, audience: str, ttl_seconds: float) -> str:
+        """A token good for one preview only: a signed link or the session cookie it turns into."""
+        claims = {"sub": user_id, "aud": audience, "role": "preview", "preview_id": preview_id}
+        return self._encode(claims, ttl_seconds)
+
+    def verify_preview(self, token: str, *, audience: str, preview_id: str) -> str:
+        """The user a preview token was made for; ``Unauthorized`` when it is for another preview,
+        expired, forged, or of another kind."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "sub", "aud", "preview_id"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized(
+                "this preview link has expired; open the preview again from the editor"
+            ) from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"preview token rejected: {exc}") from None
+        if claims.get("preview_id") != preview_id:
+            raise Unauthorized("this token belongs to another preview")
+        return str(claims["sub"])
 
     def verify(self, token: str) -> Caller:
         """Verify a token this issuer made (signature, expiry, issuer, audience), synchronously."""

@@ -100,6 +100,7 @@ class Project:
     size_bytes: int
     created_at: datetime
     updated_at: datetime
+    public: bool = False  # its previews need no sign-in
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ class ProjectService:
         self._clock = clock
         self._max_bytes = max_bytes
 
-    async def import_archive(self, caller: Caller, project_id: str, *, name: str, archive: bytes) -> Project:
+    async def import_archive(
+        self, caller: Caller, project_id: str, *, name: str, archive: bytes, public: bool | None = None
+    ) -> Project:
         """Register (or replace) a project from a tarball; only its owner may replace it."""
         if caller.is_agent:
             raise Forbidden("agents cannot import projects")
@@ -53,6 +55,7 @@ class ProjectService:
                 size_bytes=snapshot.size_bytes,
                 created_at=existing.created_at if existing else now,
                 updated_at=now,
+                public=public if public is not None else (existing.public if existing else False),
             )
         )
 

@@ -207,6 +207,7 @@ class Store:
             "size_bytes": project.size_bytes,
             "created_at": project.created_at,
             "updated_at": project.updated_at,
+            "public": project.public,
         }
         async with self._engine.begin() as conn:
             existing = (await conn.execute(projects.select().where(projects.c.id == project.id))).first()
@@ -303,4 +304,5 @@ def _project(row: RowMapping) -> Project:
         size_bytes=row["size_bytes"],
         created_at=_utc(row["created_at"]),
         updated_at=_utc(row["updated_at"]),
+        public=bool(row["public"]),
     )

@@ -1,0 +1,79 @@
+"""Who may open a preview URL: anyone for a public project; otherwise the holder of a signed link
+(exchanged for a cookie scoped to that preview's host) or the owner's own token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from velocity.auth import Caller, TokenIssuer
+from velocity.auth.tokens import ACCESS_AUDIENCE, SESSION_AUDIENCE
+from velocity.clock import Clock
+from velocity.domain import NotFound, Preview, Unauthorized
+from velocity.settings import Settings
+from velocity.store import Store
+
+ACCESS_PATH = "/__velocity/access"
+SESSION_COOKIE = "velocity_preview"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    cookie: str
+    max_age: int
+    secure: bool
+
+
+class PreviewAccess:
+    def __init__(self, *, store: Store, issuer: TokenIssuer, settings: Settings, clock: Clock) -> None:
+        self._store = store
+        self._issuer = issuer
+        self._settings = settings
+        self._clock = clock
+
+    def link(self, preview: Preview) -> str:
+        """A short-lived URL that signs its opener in to this preview (and no other)."""
+        token = self._issuer.mint_preview(
+            preview_id=preview.id,
+            user_id=preview.user_id,
+            audience=ACCESS_AUDIENCE,
+            ttl_seconds=self._settings.preview_access_link_seconds,
+        )
+        return f"{self._settings.preview_url(preview.id).rstrip('/')}{ACCESS_PATH}?token={quote(token)}"
+
+    async def open_session(self, preview_id: str, link_token: str) -> Session:
+        """Exchange a signed link for a session cookie that lasts as long as the preview may."""
+        user_id = self._issuer.verify_preview(link_token, audience=ACCESS_AUDIENCE, preview_id=preview_id)
+        preview = await self._store.find_preview(preview_id)
+        if preview is None or not preview.is_live:
+            raise NotFound(f"no live preview {preview_id}")
+        seconds = max(1, int((preview.expires_at - self._clock.now()).total_seconds()))
+        cookie = self._issuer.mint_preview(
+            preview_id=preview_id, user_id=user_id, audience=SESSION_AUDIENCE, ttl_seconds=seconds
+        )
+        return Session(
+            cookie=cookie, max_age=seconds, secure=self._settings.preview_url("x").startswith("https")
+        )
+
+    async def check(self, preview_id: str, *, session: str | None, caller: Caller | None) -> None:
+        """Let the request through, or raise ``Unauthorized`` saying how to get in."""
+        preview = await self._store.find_preview(preview_id)
+        if preview is None:
+            return  # routing answers "no such preview"
+        if self._settings.preview_access == "public" or await self._public(preview.project_id):
+            return
+        if session is not None:
+            self._issuer.verify_preview(session, audience=SESSION_AUDIENCE, preview_id=preview_id)
+            return
+        if caller is not None and not caller.is_agent and caller.subject == preview.user_id:
+            return
+        raise Unauthorized(
+            "this preview is private: open it with the link its owner's editor shows "
+            "(the API's access_url), or send the owner's bearer token"
+        )
+
+    async def _public(self, project_id: str) -> bool:
+        try:
+            return (await self._store.get_project(project_id)).public
+        except NotFound:
+            return False

@@ -1,0 +1,105 @@
+"""Private previews: a URL opens only with a signed link (turned into a host-only cookie) or the
+owner's token; websockets are checked too; a public project needs neither."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.e2e.harness import EXAMPLE, Live, live_orchestrator
+
+pytestmark = pytest.mark.e2e
+
+
+async def preview_of_example(live: Live, project_id: str = "example", **query: str) -> dict[str, str]:
+    await live.import_project(EXAMPLE, project_id, **query)
+    ready = await live.settled((await live.create(project_id))["id"])
+    assert ready["state"] == "ready"
+    return ready
+
+
+async def get(live: Live, path: str, **headers: str) -> httpx.Response:
+    """One request from a fresh client, as from a browser that holds only the cookies given."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{live.port}", timeout=30) as client:
+        return await client.get(path, headers=headers)
+
+
+async def sign_in(live: Live, ready: dict[str, str], host: str | None = None) -> httpx.Response:
+    link = urlsplit(ready["access_url"])
+    return await get(live, f"{link.path}?{link.query}", host=host or live.host(ready["id"]))
+
+
+async def open_hmr_socket(live: Live, host: str, **headers: str) -> str:
+    sock = socket.create_connection(("127.0.0.1", live.port))
+    async with connect(
+        f"ws://{host}/",
+        sock=sock,
+        subprotocols=["vite-hmr"],
+        additional_headers=headers,
+        open_timeout=10,  # type: ignore[list-item]
+    ) as ws:
+        return str(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def test_a_private_preview_opens_with_its_signed_link_and_not_without(npm_cache: Path) -> None:
+    """No credentials: a 401 page. The signed link: a host-only HttpOnly cookie, then the app."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        ready = await preview_of_example(live)
+        host = live.host(ready["id"])
+        refused = await get(live, "/", host=host)
+        assert refused.status_code == 401
+        assert "this preview is private" in refused.text
+        assert refused.headers["content-type"].startswith("text/html")
+        signed_in = await sign_in(live, ready)
+        assert signed_in.status_code == 303
+        cookie = signed_in.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=Lax" in cookie
+        assert "Domain=" not in cookie, "scoped to this preview's host only"
+        page = await get(live, "/src/App.jsx", host=host, cookie=cookie.split(";", 1)[0])
+        assert page.status_code == 200
+        assert "Hello from Velocity" in page.text
+
+
+async def test_tokens_cannot_be_replayed_on_another_preview(npm_cache: Path) -> None:
+    """A link or cookie of preview A opens nothing on preview B; another user's token neither."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        first = await preview_of_example(live, "first")
+        second = await preview_of_example(live, "second")
+        replayed = await sign_in(live, first, host=live.host(second["id"]))
+        assert replayed.status_code == 401
+        session = (await sign_in(live, first)).headers["set-cookie"].split(";", 1)[0]
+        assert (await get(live, "/", host=live.host(second["id"]), cookie=session)).status_code == 401
+        stranger = live.running.runtime.issuer.mint_user("mallory")
+        refused = await get(live, "/", host=live.host(first["id"]), authorization=f"Bearer {stranger}")
+        assert refused.status_code == 401
+        owner = await get(
+            live, "/src/App.jsx", host=live.host(first["id"]), authorization=f"Bearer {live.token}"
+        )
+        assert owner.status_code == 200
+
+
+async def test_websockets_to_a_private_preview_need_the_cookie(npm_cache: Path) -> None:
+    """The HMR websocket is refused without a session and opens with one."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        ready = await preview_of_example(live)
+        host = live.host(ready["id"])
+        with pytest.raises(InvalidStatus):
+            await open_hmr_socket(live, host)
+        session = (await sign_in(live, ready)).headers["set-cookie"].split(";", 1)[0]
+        assert '"connected"' in await open_hmr_socket(live, host, cookie=session)
+
+
+async def test_a_public_project_needs_no_sign_in(npm_cache: Path) -> None:
+    """Made public, a project's previews open for anyone."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        ready = await preview_of_example(live, public="true")
+        page = await get(live, "/src/App.jsx", host=live.host(ready["id"]))
+        assert page.status_code == 200
