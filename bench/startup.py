@@ -69,7 +69,7 @@ async def ours_once(npm_cache: Path, modules_cache: Path | None = None) -> float
                 preview = (await api.post("/v1/previews", json={"project_id": "example"})).json()
                 host = f"{preview['id']}.{settings.preview_domain}:{port}"
                 # The router holds a request for a booting preview until it serves.
-                while (await api.get("/", headers={"host": host})).status_code != 200:
+                while (await api.get("/", headers={"host": host})).status_code != 200:  # owner's token
                     pass
                 return time.perf_counter() - started
     finally:

@@ -69,3 +69,18 @@ def test_database_urls_people_paste_get_the_async_driver() -> None:
         == "postgresql+asyncpg://u@h/db"
     )  # type: ignore[call-arg]
     assert Settings(_env_file=None).sqlalchemy_url.startswith("sqlite+aiosqlite:///")  # type: ignore[call-arg]
+
+
+def test_on_fly_the_preview_app_must_be_named_and_no_secret_is_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fly sets FLY_APP_NAME to the orchestrator's own app: VELOCITY_FLY_APP_NAME is then required."""
+    monkeypatch.setenv("FLY_MACHINE_ID", "148e21ea7d1e89")
+    monkeypatch.setenv("PREVIEW_PROVIDER", "fly")
+    monkeypatch.setenv("FLY_APP_NAME", "velocity-orchestrator")
+    monkeypatch.setenv("FLY_API_TOKEN", "fo1_not-to-be-printed")
+    with pytest.raises(ConfigError, match="VELOCITY_FLY_APP_NAME must be set on Fly") as raised:
+        load_settings(_env_file=None)
+    assert "fo1_not-to-be-printed" not in raised.value.message
+    monkeypatch.setenv("VELOCITY_FLY_APP_NAME", "velocity-preview-containers")
+    assert load_settings(_env_file=None).fly_app_name == "velocity-preview-containers"

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from starlette.routing import Mount, Router
 from starlette.types import ASGIApp
 
 from velocity.api import create_api
@@ -22,12 +23,19 @@ from velocity.domain import ConfigError, Unavailable
 from velocity.loops import run_maintenance, supervise
 from velocity.projects import ProjectFiles
 from velocity.providers.base import MachineProvider
+from velocity.realtime import RealtimeHub
 from velocity.router import PreviewRouter
+from velocity.router.gate import Gate
 from velocity.service import AgentClient, PreviewService, ProjectService
+from velocity.service.access import PreviewAccess
+from velocity.service.channels import ChannelAccess
+from velocity.service.events import PreviewEvents
 from velocity.settings import ProviderKind, Settings
 from velocity.store import Store
 
 log = logging.getLogger(__name__)
+
+REALTIME_PATH = "/realtime/v1"  # where Supabase serves Realtime, and SUPABASE_URL's local default points
 
 
 def resolve_local_defaults(settings: Settings) -> Settings:
@@ -73,9 +81,19 @@ def _jwks_over_http(issuer: str) -> Fetch:
 def make_provider(settings: Settings) -> MachineProvider:
     if settings.preview_provider == ProviderKind.LOCAL:
         from velocity.providers.local import LocalSandboxProvider, SandboxOptions
+        from velocity.providers.local.network import NetworkOptions, listen_address
 
+        network = NetworkOptions(
+            orchestrator_url=settings.orchestrator_url,
+            orchestrator_address=listen_address(settings.velocity_host, settings.velocity_port),
+            allowlist=tuple(settings.preview_egress_allowlist)
+            if settings.preview_egress_allowlist is not None
+            else None,
+            supabase_url=settings.supabase_url,
+        )
         return LocalSandboxProvider(
             SandboxOptions(
+                network=network,
                 root=settings.data_dir / "sandboxes",
                 npm_cache=settings.npm_cache_dir,
                 modules_cache=settings.modules_cache_dir,
@@ -102,8 +120,11 @@ class Runtime:
     clock: Clock
     verifier: TokenVerifier
     signing_key: SigningKey | None
+    access: PreviewAccess
     _loops: asyncio.Task[None] | None = field(default=None, repr=False)
     _router: PreviewRouter | None = field(default=None, repr=False)
+    hub: RealtimeHub | None = field(default=None, repr=False)  # hosted when SUPABASE_URL is ours
+    preview_events: PreviewEvents | None = field(default=None, repr=False)
 
     @classmethod
     async def open(
@@ -152,18 +173,33 @@ class Runtime:
             clock=clock,
             max_bytes=settings.max_project_bytes,
         )
+        access = PreviewAccess(store=store, issuer=issuer, settings=settings, clock=clock)
         return cls(
-            settings, store, provider, previews, projects, issuer, agents, clock, verifier, signing_key
+            settings,
+            store,
+            provider,
+            previews,
+            projects,
+            issuer,
+            agents,
+            clock,
+            verifier,
+            signing_key,
+            access,
         )
 
     def asgi(self) -> ASGIApp:
+        hub = self._realtime_hub()
+        self.preview_events = PreviewEvents(self.previews, listen=hub.listen if hub else None)
         api = create_api(
             previews=self.previews,
             projects=self.projects,
             verifier=self.verifier,
+            access=self.access,
             jwks=self.signing_key.jwks() if self.signing_key else None,
             settings=self.settings,
             provider_name=self.provider.name,
+            preview_events=self.preview_events,
         )
         limited = BodyLimit(
             api,
@@ -171,12 +207,30 @@ class Runtime:
             prefixes={"/v1/projects/": self.settings.max_project_bytes * 2},
         )
         self._router = PreviewRouter(
-            limited,
+            # The API as the default, not Mount(""): a mount's pattern misses paths with a newline,
+            # which would get Starlette's plain-text 404 instead of the API's JSON errors.
+            Router([Mount(REALTIME_PATH, app=hub.app)], default=limited) if hub else limited,
             service=self.previews,
             domain=self.settings.preview_domain,
             replay_app=self.settings.fly_app_name if self.settings.fly_replay else None,
+            gate=Gate(self.access, self.verifier),
         )
         return self._router
+
+    def _realtime_hub(self) -> RealtimeHub | None:
+        """Locally the orchestrator is SUPABASE_URL: it hosts the Realtime hub of the preview channels."""
+        if self.hub is None and self.settings.supabase_url == self.settings.orchestrator_url:
+            channels = ChannelAccess(self.verifier, self.store)
+            self.hub = RealtimeHub(channels.verify, authorizer=channels.authorize, clock=self.clock)
+        return self.hub
+
+    async def close_streams(self) -> None:
+        """End the long-lived connections (Realtime sockets, event streams) before the server stops,
+        which would otherwise wait for them."""
+        if self.preview_events is not None:
+            self.preview_events.close()
+        if self.hub is not None:
+            await self.hub.close()
 
     def start_loops(self) -> None:
         interval = self.settings.cleanup_interval_seconds
@@ -185,6 +239,7 @@ class Runtime:
         )
 
     async def close(self, *, stop_previews: bool) -> None:
+        await self.close_streams()
         if self._loops is not None:
             self._loops.cancel()
             with suppress(asyncio.CancelledError):

@@ -11,10 +11,11 @@ import enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from velocity.domain import ConfigError
+from velocity.egress.policy import parse_allowlist
 
 
 class ProviderKind(enum.StrEnum):
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
         "ghcr.io/velocity/preview-container:latest",
         description="PREVIEW_CONTAINER_IMAGE: preview machine image",
     )
+    velocity_fly_app_name: str | None = Field(
+        None,
+        description="VELOCITY_FLY_APP_NAME: the preview machines' app, when the orchestrator itself runs on "
+        "Fly (there Fly sets FLY_APP_NAME to the orchestrator's own app); wins over FLY_APP_NAME",
+    )
     fly_agent_route: Literal["private-network", "emulator"] = Field(
         "private-network",
         description="FLY_AGENT_ROUTE: how agents are reached: private-network (<id>.vm.<app>.internal) "
@@ -73,6 +79,12 @@ class Settings(BaseSettings):
     container_timeout_seconds: int = Field(
         300, ge=5, description="CONTAINER_TIMEOUT_SECONDS: a machine not serving by then is destroyed"
     )
+    preview_egress_allowlist: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="PREVIEW_EGRESS_ALLOWLIST: comma-separated host, host:port or *.domain previews may "
+        "reach through the egress proxy (an internal address only when listed itself); unset: the npm "
+        "registry's host and SUPABASE_URL's (docs/security.md)",
+    )
 
     # --- Lifecycle (seed guide) ------------------------------------------------------------------
     max_containers_per_user: int = Field(
@@ -91,7 +103,7 @@ class Settings(BaseSettings):
         10, ge=1, description="PREVIEW_CREATE_BURST: creates a user may make at once before the rate applies"
     )
     preview_access: str = Field(
-        "public",
+        "private",
         pattern="^(private|public)$",
         description="PREVIEW_ACCESS: private (a signed link or the owner's token is needed) or public",
     )
@@ -171,6 +183,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("preview_egress_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("preview_egress_allowlist")
+    @classmethod
+    def _allowlist_entries(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            parse_allowlist(value)  # a ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _preview_app_on_fly(self) -> Settings:
+        """On a Fly machine FLY_APP_NAME names the orchestrator's own app: machines made there would
+        land beside the orchestrator. VELOCITY_FLY_APP_NAME says where they belong."""
+        if self.velocity_fly_app_name:
+            self.fly_app_name = self.velocity_fly_app_name
+        elif self.fly_machine_id and self.preview_provider == ProviderKind.FLY:
+            raise ValueError(
+                "VELOCITY_FLY_APP_NAME must be set on Fly: FLY_APP_NAME there is this orchestrator's own app "
+                f"({self.fly_app_name!r}); set it to the preview machines' app, e.g. velocity-preview-containers"
+            )
+        return self
 
     @field_validator("preview_domain")
     @classmethod
@@ -262,6 +301,15 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = str(error["loc"][0]).upper() if error["loc"] else "?"
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+            if not error["loc"]:  # a check across several settings: its message names them
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            field = str(error["loc"][0])
+            secret = (
+                "SecretStr" in str(Settings.model_fields[field].annotation)
+                if field in Settings.model_fields
+                else True
+            )
+            shown = "" if secret else f" (got {error.get('input')!r})"
+            problems.append(f"{field.upper()}: {error['msg']}{shown}")
         raise ConfigError("invalid settings: " + "; ".join(problems) + " — see README.md#settings") from None

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.api.conftest import Orchestrator
+from tests.api.test_previews_api import import_project
 
 
 def claims(o: Orchestrator, **overrides: Any) -> dict[str, Any]:
@@ -110,3 +111,24 @@ async def test_forged_or_wrong_tokens_get_401(orchestrator: Orchestrator, kind: 
     code, body = await status(orchestrator, forged_tokens(orchestrator)[kind])
     assert code == 401, kind
     assert body.startswith('{"error":{"code":"unauthorized"')
+
+
+async def test_operators_see_every_users_previews_and_machines_and_others_get_403(
+    orchestrator: Orchestrator,
+) -> None:
+    """The admin endpoints need app_metadata.velocity_role = operator; a plain user gets 403."""
+    await import_project(orchestrator, "app", user="bob")
+    bob = await orchestrator.client.post(
+        "/v1/previews", json={"project_id": "app"}, headers=orchestrator.auth("bob")
+    )
+    await orchestrator.runtime.previews.settled(bob.json()["id"], timeout=5)
+    operator = {"Authorization": f"Bearer {orchestrator.runtime.issuer.mint_user('ops', operator=True)}"}
+    listed = (await orchestrator.client.get("/v1/admin/previews", headers=operator)).json()
+    assert [p["id"] for p in listed["previews"]] == [bob.json()["id"]]
+    machines = (await orchestrator.client.get("/v1/admin/machines", headers=operator)).json()["machines"]
+    assert [(m["preview_id"], m["user_id"]) for m in machines] == [(bob.json()["id"], "bob")]
+    assert (await orchestrator.client.post("/v1/admin/maintenance", headers=operator)).json() == {"done": []}
+    for path in ("/v1/admin/previews", "/v1/admin/machines"):
+        refused = await orchestrator.client.get(path, headers=orchestrator.auth("bob"))
+        assert refused.status_code == 403
+        assert "operators only" in refused.json()["error"]["message"]

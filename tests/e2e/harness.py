@@ -79,8 +79,10 @@ class Live:
 
     async def fetch(self, preview_id: str, path: str = "/") -> httpx.Response:
         """GET a path of the preview through the router, as a browser would."""
+        # The owner's token opens a private preview, as the signed link does for a browser.
+        headers = {"host": self.host(preview_id), "authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as client:
-            return await client.get(path, headers={"host": self.host(preview_id)})
+            return await client.get(path, headers=headers)
 
     @asynccontextmanager
     async def websocket(
@@ -89,7 +91,14 @@ class Live:
         """A websocket to the preview through the router (the host name is ours, the socket loopback)."""
         sock = socket.create_connection(("127.0.0.1", self.port))
         uri = f"ws://{self.host(preview_id)}{path}"
-        async with connect(uri, sock=sock, subprotocols=[subprotocol], open_timeout=20) as ws:  # type: ignore[list-item]
+        owner = {"authorization": f"Bearer {self.token}"}
+        async with connect(
+            uri,
+            sock=sock,
+            subprotocols=[subprotocol],
+            additional_headers=owner,
+            open_timeout=20,  # type: ignore[list-item]
+        ) as ws:
             yield ws
 
 

@@ -20,7 +20,7 @@ async def test_the_preview_url_shows_the_app_and_hot_reloads_an_edit(live: Live)
         page = await browser.new_page()
         loads = []
         page.on("load", lambda _: loads.append(1))
-        await page.goto(ready["url"])
+        await page.goto(ready["access_url"])  # signs the browser in, then lands on the app
         heading = page.locator("h1")
         await heading.filter(has_text="Hello from Velocity").wait_for(timeout=15_000)
         await page.get_by_role("button").click()

@@ -48,7 +48,10 @@ async def test_up_serves_the_example_and_ctrl_c_leaves_nothing_behind(npm_cache:
         output = "".join(seen)
         assert "API token" in output
         preview_id, port = match.group(1), match.group(2)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        token = re.search(r"API token\s+(\S+)", output)
+        assert token is not None
+        owner = {"authorization": f"Bearer {token.group(1)}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=owner) as client:
             page = await client.get(
                 "/src/App.jsx", headers={"host": f"{preview_id}.preview.localhost:{port}"}
             )
@@ -88,7 +91,7 @@ async def test_the_preview_commands_import_create_list_log_and_remove(live: Live
     assert "imported demo" in imported.stdout
     created = await asyncio.to_thread(run, live, "previews", "create", "demo")
     assert created.returncode == 0, created.stderr
-    preview_id, state, url = created.stdout.split()[-3:]
+    preview_id, state, url = created.stdout.splitlines()[0].split()[-3:]
     assert state == "ready"
     assert url == f"http://{preview_id}.preview.localhost:{live.port}/"
     listed = await asyncio.to_thread(run, live, "previews", "ls")

@@ -13,20 +13,39 @@ from velocity.api.schemas import (
     Health,
     LogLine,
     Logs,
+    MachineList,
+    MachineOut,
+    MaintenanceOut,
     PreviewList,
     PreviewOut,
     ProjectList,
     ProjectOut,
 )
 from velocity.auth import Caller, TokenVerifier
-from velocity.domain import Preview, Unauthorized
+from velocity.domain import Forbidden, Preview, Unauthorized
 from velocity.service import PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
 from velocity.service.events import PreviewEvents
 from velocity.settings import Settings
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 410, 413, 422, 429, 502, 503)
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+# Every error answer has the body {"error": {"code", "message"}} (velocity.api.errors).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body cannot be parsed"},
+    401: {
+        "model": ErrorOut,
+        "description": "no bearer token, or one that does not verify",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"model": ErrorOut, "description": "not allowed"},
+    404: {"model": ErrorOut, "description": "no such preview or project"},
+    409: {"model": ErrorOut, "description": "contradicts the current state"},
+    410: {"model": ErrorOut, "description": "the preview has ended"},
+    413: {"model": ErrorOut, "description": "the body is larger than MAX_REQUEST_BODY_BYTES"},
+    422: {"model": ErrorOut, "description": "invalid input"},
+    429: {"model": ErrorOut, "description": "a per-user limit is reached", "headers": _RETRY_AFTER},
+    502: {"model": ErrorOut, "description": "the machine or its agent failed"},
+    503: {"model": ErrorOut, "description": "the machine backend is busy or down", "headers": _RETRY_AFTER},
 }
 
 
@@ -62,7 +81,13 @@ def create_api(
             raise Unauthorized("agent tokens cannot manage previews")
         return who
 
+    async def operator(who: Annotated[Caller, Depends(user)]) -> Caller:
+        if not who.operator:
+            raise Forbidden("operators only: a token whose app_metadata.velocity_role is 'operator'")
+        return who
+
     User = Annotated[Caller, Depends(user)]
+    Operator = Annotated[Caller, Depends(operator)]
     events.install(
         app,
         user=user,
@@ -124,6 +149,21 @@ def create_api(
         """The dev server's output (the machine's last lines once it has ended)."""
         lines = await previews.logs(who, preview_id, tail=tail)
         return Logs(preview_id=preview_id, lines=[LogLine(**line) for line in lines])
+
+    @app.get("/v1/admin/previews", response_model=PreviewList, tags=["admin"])
+    async def admin_previews(_who: Operator) -> PreviewList:
+        """Every user's previews."""
+        return PreviewList(previews=[out(p) for p in await previews.all_previews()])
+
+    @app.get("/v1/admin/machines", response_model=MachineList, tags=["admin"])
+    async def admin_machines(_who: Operator) -> MachineList:
+        """The machines of ours the provider knows, with the preview each belongs to."""
+        return MachineList(machines=[MachineOut.of(m) for m in await previews.machines()])
+
+    @app.post("/v1/admin/maintenance", response_model=MaintenanceOut, tags=["admin"])
+    async def admin_maintenance(_who: Operator) -> MaintenanceOut:
+        """Run a reconcile and reap pass now; answers what it did."""
+        return MaintenanceOut(done=await previews.reconcile() + await previews.reap())
 
     @app.put("/v1/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
     async def import_project(

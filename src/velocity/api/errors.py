@@ -8,8 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from velocity.domain import PreviewError
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
 def install(app: FastAPI) -> None:
@@ -38,8 +42,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own: an unparsable body (400), an unknown path (404), a wrong method (405).
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
-            {"error": {"code": "http_error", "message": str(exc.detail)}},
+            {"error": {"code": code, "message": str(exc.detail)}},
             status_code=exc.status_code,
             headers=dict(exc.headers or {}),
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_request: Request, _exc: ClientDisconnect) -> Response:
+        # The client left, or was cut off for sending too slowly (velocity.server.ConnectionLimits),
+        # while its body was being read: no one reads this answer, and it is not a server error.
+        return Response(status_code=400)

@@ -1,7 +1,5 @@
 """Routes for following a preview live: its events as Server-Sent Events, and where its channel is."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated

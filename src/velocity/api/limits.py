@@ -31,31 +31,32 @@ class BodyLimit:
                 await _too_large(send, limit)
                 return
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    # Answered here, not by raising: FastAPI turns errors while it reads a body into 400.
+                    # The app sees the client gone, and what it answers to that is dropped.
+                    refused = True
+                    if not started:
+                        await _too_large(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self._app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _too_large(send, limit)
-
-
-class _TooLarge(Exception):
-    pass
+        await self._app(scope, limited_receive, tracking_send)
 
 
 async def _too_large(send: Send, limit: int) -> None:

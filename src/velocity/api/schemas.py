@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from velocity.domain import Preview, Project
+from velocity.domain import Machine, Preview, Project
 
 ProjectId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["my-app"])]
 PreviewId = Annotated[str, Field(pattern=r"^[a-z0-9]{12}$", examples=["k3v9x2m1q8ab"])]
@@ -96,6 +96,36 @@ class ProjectOut(BaseModel):
 
 class ProjectList(BaseModel):
     projects: list[ProjectOut]
+
+
+class MachineOut(BaseModel):
+    id: str
+    state: str
+    region: str
+    created_at: datetime
+    preview_id: str | None
+    user_id: str | None
+    exit_reason: str | None
+
+    @classmethod
+    def of(cls, machine: Machine) -> MachineOut:
+        return cls(
+            id=machine.id,
+            state=machine.state.value,
+            region=machine.region,
+            created_at=machine.created_at,
+            preview_id=machine.metadata.get("velocity_preview_id"),
+            user_id=machine.metadata.get("user_id"),
+            exit_reason=machine.exit_reason,
+        )
+
+
+class MachineList(BaseModel):
+    machines: list[MachineOut]
+
+
+class MaintenanceOut(BaseModel):
+    done: list[str]
 
 
 class ErrorBody(BaseModel):

@@ -39,14 +39,16 @@ class JwksCache:
             self._fetched_at is None or now - self._fetched_at >= MIN_REFRESH
         )
         if stale or unknown:
-            await self._refresh()
+            await self._refresh(since=self._fetched_at)
         try:
             return self._keys[kid]
         except KeyError:
             raise Unauthorized(f"token signed by an unknown key (kid {kid!r})") from None
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, since: datetime | None) -> None:
         async with self._lock:
+            if self._fetched_at != since:
+                return  # another request refreshed while this one waited: no stampede
             document = await self._fetch()
             keys: dict[str, jwt.PyJWK] = {}
             for entry in document.get("keys", []):

@@ -17,6 +17,7 @@ from velocity.auth.keys import SigningKey
 from velocity.domain import Unauthorized
 
 AGENT_ROLE = "agent"
+OPERATOR_ROLE = "operator"
 USER_AUDIENCE = "authenticated"
 AGENT_AUDIENCE = "velocity-agent"
 # A signed preview link (minutes), and the cookie it is exchanged for (until the preview ends).
@@ -32,6 +33,7 @@ class Caller:
     role: str
     project_id: str | None = None
     preview_id: str | None = None
+    operator: bool = False  # may use the admin endpoints (app_metadata.velocity_role = "operator")
 
     @property
     def is_agent(self) -> bool:
@@ -52,7 +54,10 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
     audiences = audiences if isinstance(audiences, list) else [audiences]
     if role != "authenticated" or USER_AUDIENCE not in audiences:
         raise Unauthorized(f"a token with role {role!r} cannot call this API; use a user access token")
-    return Caller(subject=str(claims["sub"]), role=role)
+    # app_metadata is writable only with Supabase's service key, never by the user themselves.
+    metadata = claims.get("app_metadata")
+    operator = isinstance(metadata, Mapping) and metadata.get("velocity_role") == OPERATOR_ROLE
+    return Caller(subject=str(claims["sub"]), role=role, operator=operator)
 
 
 class TokenIssuer:
@@ -79,10 +84,18 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def mint_user(
-        self, user_id: str, *, ttl_seconds: float = 3600, email: str | None = None, legacy: bool = False
+        self,
+        user_id: str,
+        *,
+        ttl_seconds: float = 3600,
+        email: str | None = None,
+        legacy: bool = False,
+        operator: bool = False,
     ) -> str:
         """A user access token: ES256 with a ``kid`` like Supabase's signing keys (HS256 if ``legacy``)."""
         claims: dict[str, Any] = {"sub": user_id, "aud": USER_AUDIENCE, "role": "authenticated"}
+        if operator:
+            claims["app_metadata"] = {"velocity_role": OPERATOR_ROLE}
         if email:
             claims["email"] = email
         return self._encode(claims, ttl_seconds, asymmetric=not legacy)

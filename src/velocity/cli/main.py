@@ -14,6 +14,8 @@ from rich.table import Table
 
 from velocity.auth import Caller
 from velocity.cli.client import LOCAL_USER, Api, local_token
+from velocity.cli.fly_commands import fly_app
+from velocity.cli.push import push_command
 from velocity.domain import PreviewError, PreviewState
 from velocity.projects import pack_directory
 from velocity.server import running
@@ -24,6 +26,8 @@ projects_app = typer.Typer(help="Projects the orchestrator can preview.", no_arg
 previews_app = typer.Typer(help="Previews: create, list, remove, read logs.", no_args_is_help=True)
 app.add_typer(projects_app, name="projects")
 app.add_typer(previews_app, name="previews")
+app.add_typer(fly_app)  # no name: fly-emulator, smoke-test, doctor and machines join the top level
+app.command("push")(push_command)
 console = Console()
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "react-vite"
@@ -87,6 +91,10 @@ async def _up(settings: Settings, project: Path, project_id: str) -> None:
             f"[green]ready[/] in {time.perf_counter() - started:.2f} s: "
             f"[bold]{runtime.settings.preview_url(preview.id)}[/]"
         )
+        if runtime.settings.preview_access == "private":
+            seconds = runtime.settings.preview_access_link_seconds
+            console.print(f"[bold]open[/]         {runtime.access.link(preview)}", soft_wrap=True)
+            console.print(f"(the link signs this browser in to the private preview; valid {seconds} s)")
         console.print("Ctrl-C stops everything.")
         await orchestrator.serving
         console.print("stopping previews...")
@@ -114,9 +122,10 @@ def serve(
 def token(
     user: Annotated[str, typer.Option(help="the token's subject (user id)")] = LOCAL_USER,
     ttl_hours: Annotated[float, typer.Option(help="lifetime in hours")] = 12,
+    operator: Annotated[bool, typer.Option(help="with the operator role (admin endpoints)")] = False,
 ) -> None:
-    """Print a user access token signed with the local secret."""
-    typer.echo(local_token(_settings(), user=user, ttl_seconds=ttl_hours * 3600))
+    """Print a user access token signed with the local key."""
+    typer.echo(local_token(_settings(), user=user, ttl_seconds=ttl_hours * 3600, operator=operator))
 
 
 @projects_app.command("import")
@@ -180,6 +189,8 @@ def previews_create(
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{preview['id']} {preview['state']} {preview['url']}")
+    if preview.get("access_url"):
+        typer.echo(f"open (signs you in): {preview['access_url']}")
 
 
 @previews_app.command("ls")

@@ -1,4 +1,8 @@
-"""The ASGI entry point of the orchestrator: preview hosts to the proxy, everything else to the API."""
+"""The ASGI entry point of the orchestrator: preview hosts to the proxy, everything else to the API.
+
+On Fly the router does not carry a preview's bytes: after the same checks it answers with a
+``fly-replay`` header naming the preview's machine, and Fly's proxy replays the request there.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from velocity.domain import BadRequest, NotFound, PreviewError
+from velocity.domain import BadRequest, NotFound, PreviewError, Unavailable
 from velocity.providers.base import AgentEndpoint
 from velocity.proxy import ReverseProxy, Upstream
+from velocity.router.gate import Gate
 from velocity.service import PreviewService
 
 # A request for a preview still booting waits this long before it gets a 503.
@@ -30,10 +35,26 @@ def preview_id_from_host(host: str, domain: str) -> str | None:
 
 
 class PreviewRouter:
-    def __init__(self, api: ASGIApp, *, service: PreviewService, domain: str) -> None:
+    """``{id}.{domain}`` to the preview's agent, anything else to ``api``.
+
+    With ``replay_app`` (the Fly app of the preview machines, set when the orchestrator runs on Fly) a
+    preview request is answered with ``fly-replay: app=<replay_app>;instance=<machine id>`` instead.
+    """
+
+    def __init__(
+        self,
+        api: ASGIApp,
+        *,
+        service: PreviewService,
+        domain: str,
+        replay_app: str | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self._api = api
         self._service = service
         self._domain = domain
+        self._replay_app = replay_app
+        self._gate = gate
         self._proxy = ReverseProxy(self._resolve, on_activity=self._activity, read_timeout=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,14 +68,33 @@ class PreviewRouter:
     async def _route(self, preview_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         token = _current_preview.set(preview_id)
         try:
-            await self._proxy(scope, receive, send)
+            if self._gate is not None:
+                if await self._gate.sign_in_if_asked(preview_id, scope, send):
+                    return
+                scope = await self._gate.admit(preview_id, scope)
+            if self._replay_app is not None:
+                await self._replay(preview_id, self._replay_app, scope, send)
+            else:
+                await self._proxy(scope, receive, send)
         except PreviewError as exc:
             await _error_page(scope, send, exc)
         finally:
             _current_preview.reset(token)
 
     async def _resolve(self, scope: Scope) -> Upstream:
-        preview_id = _current_preview.get()
+        endpoint = await self._checked(_current_preview.get())
+        return Upstream(base_url=endpoint.base_url, uds=endpoint.uds, headers=endpoint.headers)
+
+    async def _replay(self, preview_id: str, app: str, scope: Scope, send: Send) -> None:
+        await self._checked(preview_id)
+        # Ready by now (or _checked raised): this only reads the row, for its machine id.
+        preview = await self._service.settled(preview_id, timeout=0)
+        if preview.machine_id is None:
+            raise Unavailable(f"preview {preview_id} has no machine yet; retry shortly")
+        await _replay_answer(scope, send, app=app, machine_id=preview.machine_id)
+
+    async def _checked(self, preview_id: str) -> AgentEndpoint:
+        """The preview's agent, once the id is well formed and the preview serves; counts as activity."""
         if not re.fullmatch(r"[a-z0-9]{12}", preview_id):
             raise BadRequest(f"{preview_id!r} is not a preview id")
         try:
@@ -63,7 +103,7 @@ class PreviewRouter:
             exc.message = f"{exc.message}. Create one with POST /v1/previews."
             raise
         self._service.record_activity(preview_id)
-        return Upstream(base_url=endpoint.base_url, uds=endpoint.uds, headers=endpoint.headers)
+        return endpoint
 
     def _activity(self) -> None:
         preview_id = _current_preview.get(None)
@@ -79,6 +119,28 @@ def _host(scope: Scope) -> str:
         if name == b"host":
             return str(value.decode("latin-1"))
     return ""
+
+
+async def _replay_answer(scope: Scope, send: Send, *, app: str, machine_id: str) -> None:
+    """Fly's proxy replays a request whose answer carries ``fly-replay`` and drops that answer; the
+    status and body are for a client that reached the router without Fly's proxy in front."""
+    body = (
+        f"fly-replay to machine {machine_id} of app {app}: only Fly's proxy acts on this answer\n"
+    ).encode()
+    headers = [
+        (b"fly-replay", f"app={app};instance={machine_id}".encode()),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+    ]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 409, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        # The replay happens on the upgrade request, so the header goes on an HTTP answer to it.
+        await send({"type": "websocket.http.response.start", "status": 409, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1011, "reason": "fly-replay needs Fly's proxy"})
 
 
 async def _error_page(scope: Scope, send: Send, exc: PreviewError) -> None:

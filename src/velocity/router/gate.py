@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from starlette.types import Scope, Send
 
 from velocity.auth import Caller, TokenVerifier
-from velocity.domain import BadRequest
+from velocity.domain import BadRequest, Unauthorized
 from velocity.service.access import ACCESS_PATH, SESSION_COOKIE, PreviewAccess, Session
 
 
@@ -28,20 +28,36 @@ class Gate:
         await _redirect_with_cookie(send, await self._access.open_session(preview_id, tokens[0]))
         return True
 
-    async def check(self, preview_id: str, scope: Scope) -> None:
-        """Raise ``Unauthorized`` unless the request may reach this preview."""
-        caller: Caller | None = None
+    async def admit(self, preview_id: str, scope: Scope) -> Scope:
+        """The request as the preview may see it, or ``Unauthorized`` when it may not reach it.
+
+        An ``Authorization`` header counts only if it is the owner's token; the app's own tokens (for
+        its own backend) pass through untouched. Our session cookie never reaches the app.
+        """
+        session = _cookie(scope, SESSION_COOKIE)
+        if await self._access.is_open(preview_id) or (
+            session is not None and self._access.session_valid(preview_id, session)
+        ):
+            return self.strip_credentials(scope, bearer=False)
+        caller = await self._owner_token(scope)
+        await self._access.check(preview_id, session=None, caller=caller)
+        return self.strip_credentials(scope, bearer=True)
+
+    async def _owner_token(self, scope: Scope) -> Caller | None:
         bearer = _bearer(scope)
-        if bearer is not None:
-            caller = await self._verifier.verify(bearer)
-        await self._access.check(preview_id, session=_cookie(scope, SESSION_COOKIE), caller=caller)
+        if bearer is None:
+            return None
+        try:
+            return await self._verifier.verify(bearer)
+        except Unauthorized:
+            return None  # not one of ours: the request is judged without it
 
     @staticmethod
-    def strip_credentials(scope: Scope) -> Scope:
-        """The request as the preview sees it: without our session cookie or the owner's token."""
+    def strip_credentials(scope: Scope, *, bearer: bool = True) -> Scope:
+        """The request as the preview sees it: without our session cookie (and the owner's token)."""
         headers = []
         for name, value in scope.get("headers", ()):
-            if name == b"authorization":
+            if name == b"authorization" and bearer:
                 continue
             if name == b"cookie":
                 kept = [

@@ -55,12 +55,26 @@ class PreviewAccess:
             cookie=cookie, max_age=seconds, secure=self._settings.preview_url("x").startswith("https")
         )
 
+    async def is_open(self, preview_id: str) -> bool:
+        """Whether anyone may open the preview (public, or no such preview: routing answers that)."""
+        preview = await self._store.find_preview(preview_id)
+        if preview is None or self._settings.preview_access == "public":
+            return True
+        return await self._public(preview.project_id)
+
+    def session_valid(self, preview_id: str, session: str) -> bool:
+        try:
+            self._issuer.verify_preview(session, audience=SESSION_AUDIENCE, preview_id=preview_id)
+        except Unauthorized:
+            return False
+        return True
+
     async def check(self, preview_id: str, *, session: str | None, caller: Caller | None) -> None:
         """Let the request through, or raise ``Unauthorized`` saying how to get in."""
         preview = await self._store.find_preview(preview_id)
         if preview is None:
             return  # routing answers "no such preview"
-        if self._settings.preview_access == "public" or await self._public(preview.project_id):
+        if await self.is_open(preview_id):
             return
         if session is not None:
             self._issuer.verify_preview(session, audience=SESSION_AUDIENCE, preview_id=preview_id)

@@ -25,6 +25,7 @@ from velocity.domain import (
     NotFound,
     Preview,
     PreviewError,
+    PreviewEvent,
     PreviewGone,
     PreviewState,
     ProviderError,
@@ -102,8 +103,8 @@ class PreviewService:
             settings.preview_create_rate_per_minute, settings.preview_create_burst
         )
         self._tasks = TaskSet()
-        # Notified on every state change this service makes; waiters re-read the store.
-        self._changed = asyncio.Condition()
+        # Waiters per preview, woken by every change this service makes to that preview (only).
+        self._waiters: dict[str, set[asyncio.Event]] = {}
         self._endpoints: dict[str, AgentEndpoint] = {}
         self._flushed: dict[str, datetime] = {}
         # Activity seen by this process and not yet written: the reaper counts it too.
@@ -158,6 +159,14 @@ class PreviewService:
         except PreviewError:
             return preview.state.value
 
+    async def all_previews(self) -> list[Preview]:
+        """Every user's previews (for operators)."""
+        return await self._store.list_previews()
+
+    async def machines(self) -> list[Machine]:
+        """The provider's machines that carry our metadata (for operators)."""
+        return await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
+
     async def list_previews(self, caller: Caller) -> list[Preview]:
         return await self._store.list_previews(user_id=caller.subject)
 
@@ -186,7 +195,9 @@ class PreviewService:
             lines = await self._provider.logs(preview.machine_id, tail=tail)
         return [{"stream": "console", "line": line} for line in lines[-tail:]]
 
-    async def events(self, caller: Caller, preview_id: str, *, after_id: int = 0) -> list[tuple[int, object]]:
+    async def events(
+        self, caller: Caller, preview_id: str, *, after_id: int = 0
+    ) -> list[tuple[int, PreviewEvent]]:
         await self.get(caller, preview_id)
         return list(await self._store.events(preview_id, after_id=after_id))
 
@@ -209,13 +220,22 @@ class PreviewService:
         self, preview_id: str, condition: Callable[[Preview], bool], *, timeout: float
     ) -> Preview:
         """The preview once ``condition`` holds, or as it is after ``timeout`` seconds."""
-        preview = await self._store.get_preview(preview_id)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout), self._changed:
-                while not condition(preview):
-                    await self._changed.wait()
-                    preview = await self._store.get_preview(preview_id)
-        return preview
+        changed = asyncio.Event()
+        waiters = self._waiters.setdefault(preview_id, set())
+        waiters.add(changed)
+        try:
+            preview = await self._store.get_preview(preview_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while not condition(preview):
+                        await changed.wait()
+                        changed.clear()
+                        preview = await self._store.get_preview(preview_id)
+            return preview
+        finally:
+            waiters.discard(changed)
+            if not waiters:
+                self._waiters.pop(preview_id, None)
 
     async def settled(self, preview_id: str, *, timeout: float) -> Preview:
         """The preview once it is no longer provisioning or booting (or after ``timeout`` s)."""
@@ -433,8 +453,8 @@ class PreviewService:
     async def _update(self, preview_id: str, **changes: Any) -> Preview | None:
         """Every state change of the service goes through here, so waiters hear of it."""
         updated = await self._store.update_preview(preview_id, **changes)
-        async with self._changed:
-            self._changed.notify_all()
+        for waiter in self._waiters.get(preview_id, ()):
+            waiter.set()
         return updated
 
     async def _last_lines(self, preview: Preview, tail: int = 50) -> tuple[str, ...]:
@@ -514,6 +534,8 @@ class PreviewService:
             await self.stop(preview, reason)
 
     async def close(self) -> None:
+        # A database write cancelled half-way would leave its driver thread talking to a closed loop.
+        await self._tasks.finish("touch:")
         await self._tasks.close()
 
 

@@ -37,6 +37,11 @@ class TaskSet:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", key, exc_info=task.exception())
 
+    async def finish(self, prefix: str) -> None:
+        """Let the tasks whose key starts with ``prefix`` run to their end (short writes, say)."""
+        tasks = [t for k, t in self._tasks.items() if k.startswith(prefix)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,11 +58,19 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-        async with self._engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.run_sync(upgrade)
 
     async def dispose(self) -> None:
         await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes (on SQLite it holds the write lock from its first statement)."""
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(write=True)
+            async with conn.begin():
+                yield conn
 
     # --- previews --------------------------------------------------------------------------------
     async def create_preview(self, preview: Preview, *, limit: int) -> CreateOutcome:
@@ -72,7 +81,7 @@ class Store:
         even from several orchestrator replicas.
         """
         try:
-            async with self._engine.begin() as conn:
+            async with self._writing() as conn:
                 await self._lock_user(conn, preview.user_id)
                 live = await self._live_of_user(conn, preview.user_id)
                 for row in live:
@@ -146,7 +155,7 @@ class Store:
         query = previews.update().where(previews.c.id == preview_id).values(**values)
         if expect is not None:
             query = query.where(previews.c.state.in_([s.value for s in expect]))
-        async with self._engine.begin() as conn:
+        async with self._writing() as conn:
             if (await conn.execute(query)).rowcount == 0:
                 return None
             if "state" in changes:
@@ -156,7 +165,7 @@ class Store:
         return _preview(row)
 
     async def add_event(self, preview_id: str, state: PreviewState, detail: str, at: datetime) -> None:
-        async with self._engine.begin() as conn:
+        async with self._writing() as conn:
             await self._add_event(conn, preview_id, state, detail, at)
 
     async def _add_event(
@@ -194,7 +203,7 @@ class Store:
             .where(previews.c.id == preview_id, previews.c.last_activity_at < at)
             .values(last_activity_at=at)
         )
-        async with self._engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(query)
 
     # --- projects --------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ class Store:
             "updated_at": project.updated_at,
             "public": project.public,
         }
-        async with self._engine.begin() as conn:
+        async with self._writing() as conn:
             existing = (await conn.execute(projects.select().where(projects.c.id == project.id))).first()
             if existing is None:
                 await conn.execute(projects.insert().values(**values))
@@ -236,7 +245,7 @@ class Store:
 
 
 def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
-    """Make every SQLite transaction take the write lock at BEGIN (SQLAlchemy's documented recipe).
+    """Make SQLite write transactions take the write lock at BEGIN (SQLAlchemy's documented recipe).
 
     Without it the quota check (a read) and the insert (a write) of two concurrent creates could
     interleave; with ``BEGIN IMMEDIATE`` the second waits for the first to commit.
@@ -253,7 +262,8 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (WAL) never wait for a writer; only transactions that write take the lock at BEGIN.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
 def _utc(value: datetime) -> datetime:

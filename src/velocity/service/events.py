@@ -1,0 +1,136 @@
+"""One preview's events as a single stream: its state changes and its agent's ``status`` and ``log``.
+
+State changes come from the store (every one the service makes is recorded there): first those
+already recorded, then the new ones as the service announces them. The agent's messages come from the
+preview channel (``preview:{project_id}``) through a listener on the Realtime hub, when this
+orchestrator hosts one; messages of another preview of the same project are left out. The stream
+ends once the preview has stopped or failed and its last state change has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from velocity.auth import Caller
+from velocity.domain import Preview
+from velocity.realtime.contract import LOG, STATUS, preview_topic
+from velocity.service.previews import PreviewService
+
+AGENT_EVENTS: Final = frozenset({STATUS, LOG})
+# Agent messages waiting for a slow reader beyond this many are dropped (state changes never are).
+MAX_WAITING: Final = 1000
+# How long the stream may stay silent: a keepalive (``None``) is yielded after this many seconds.
+KEEPALIVE_SECONDS: Final = 15.0
+
+Listener = Callable[[str, Any], None]
+Listen = Callable[[str, Listener], Callable[[], None]]
+"""``listen(topic, listener)`` → unsubscribe; ``RealtimeHub.listen`` is one."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    kind: str  # "state", or the agent's "status" / "log"
+    data: dict[str, Any]
+    id: int | None = None  # state changes carry their store id, for Last-Event-ID
+
+
+@dataclass(eq=False, slots=True)
+class _Feed:
+    queue: asyncio.Queue[StreamEvent | None] = field(default_factory=asyncio.Queue)  # None: the end
+    dropped: int = 0
+
+
+class PreviewEvents:
+    def __init__(
+        self, previews: PreviewService, *, listen: Listen | None, keepalive: float = KEEPALIVE_SECONDS
+    ) -> None:
+        self._previews = previews
+        self._listen = listen
+        self._keepalive = keepalive
+        self._feeds: set[_Feed] = set()
+
+    def close(self) -> None:
+        """End every open stream (the orchestrator is stopping)."""
+        for feed in self._feeds:
+            feed.queue.put_nowait(None)
+
+    async def stream(
+        self, caller: Caller, preview_id: str, *, after_id: int = 0
+    ) -> AsyncIterator[StreamEvent | None]:
+        """The events of the caller's preview after store event ``after_id``; ``None`` is a keepalive."""
+        preview = await self._previews.get(caller, preview_id)
+        feed = _Feed()
+        self._feeds.add(feed)
+        unlisten = None
+        watcher = asyncio.create_task(self._states(caller, preview_id, after_id, feed))
+        try:
+            if self._listen is not None:
+                unlisten = self._listen(preview_topic(preview.project_id), _agent_messages(preview_id, feed))
+            while True:
+                try:
+                    async with asyncio.timeout(self._keepalive):
+                        item = await feed.queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._feeds.discard(feed)
+            if unlisten is not None:
+                unlisten()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _states(self, caller: Caller, preview_id: str, after_id: int, feed: _Feed) -> None:
+        try:
+            await self._follow(caller, preview_id, after_id, feed)
+        finally:
+            feed.queue.put_nowait(None)  # whatever ended the watch (an error too) ends the stream
+
+    async def _follow(self, caller: Caller, preview_id: str, after_id: int, feed: _Feed) -> None:
+        last = after_id
+        while True:
+            current = await self._previews.get(caller, preview_id)
+            for event_id, event in await self._previews.events(caller, preview_id, after_id=last):
+                last = event_id
+                data = {"state": event.state.value, "detail": event.detail, "at": _iso(event.at)}
+                feed.queue.put_nowait(StreamEvent("state", data, id=event_id))
+            if not current.is_live:
+                return
+            # Returns at once if anything changed since ``current`` was read; the timeout re-reads
+            # the store now and then in case a change was made by another process.
+            await self._previews.wait_for(preview_id, _changed_from(current), timeout=self._keepalive * 4)
+
+
+def _changed_from(seen: Preview) -> Callable[[Preview], bool]:
+    return lambda preview: (preview.state, preview.updated_at) != (seen.state, seen.updated_at)
+
+
+def _agent_messages(preview_id: str, feed: _Feed) -> Listener:
+    def listener(event: str, payload: Any) -> None:
+        if event not in AGENT_EVENTS or not isinstance(payload, dict):
+            return
+        if payload.get("preview_id", preview_id) != preview_id:
+            return  # another preview of the same project
+        if feed.queue.qsize() >= MAX_WAITING:
+            feed.dropped += 1
+            return
+        data = dict(payload)
+        if feed.dropped and event == LOG:
+            data["dropped"] = int(data.get("dropped", 0)) + feed.dropped
+            feed.dropped = 0
+        feed.queue.put_nowait(StreamEvent(event, data))
+
+    return listener
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

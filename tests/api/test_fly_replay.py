@@ -1,0 +1,187 @@
+"""On Fly the router answers preview requests with ``fly-replay`` instead of carrying them itself."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Message
+
+from tests.service.world import Agents
+from velocity.providers.fake import FakeProvider
+from velocity.runtime import Runtime
+from velocity.service import AgentClient
+from velocity.settings import Settings
+
+PREVIEW_APP = "velocity-preview-containers"
+ORCHESTRATOR_MACHINE = "3d8d9e1b2c4e58"
+
+
+@dataclass
+class OnFly:
+    """An orchestrator that believes it runs on a Fly machine, with in-memory machines behind it."""
+
+    runtime: Runtime
+    app: ASGIApp
+    client: httpx.AsyncClient
+    provider: FakeProvider
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.runtime.issuer.mint_user('alice')}"}
+
+    async def ready_preview(self) -> dict[str, Any]:
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            data = b'{"name": "app"}'
+            info = tarfile.TarInfo("package.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        headers = {**self.auth(), "content-type": "application/gzip"}
+        imported = await self.client.put("/v1/projects/my-app", content=archive.getvalue(), headers=headers)
+        assert imported.status_code == 200, imported.text
+        created = await self.client.post("/v1/previews", json={"project_id": "my-app"}, headers=self.auth())
+        preview_id = created.json()["id"]
+        await self.runtime.previews.settled(preview_id, timeout=5)
+        body: dict[str, Any] = (
+            await self.client.get(f"/v1/previews/{preview_id}", headers=self.auth())
+        ).json()
+        assert body["state"] == "ready", body
+        return body
+
+
+@pytest.fixture
+async def on_fly(tmp_path: Path) -> AsyncIterator[OnFly]:
+    settings = Settings(
+        velocity_data_dir=tmp_path,
+        preview_provider="fly",
+        velocity_fly_app_name=PREVIEW_APP,
+        fly_machine_id=ORCHESTRATOR_MACHINE,
+        fly_agent_route="private-network",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    provider = FakeProvider()
+    clients: list[httpx.AsyncClient] = []
+
+    async def jwks_from_the_app() -> dict[str, object]:
+        document: dict[str, object] = (await clients[0].get("/auth/v1/.well-known/jwks.json")).json()
+        return document
+
+    runtime = await Runtime.open(
+        settings,
+        provider=provider,
+        agents=AgentClient(httpx.MockTransport(Agents().handle)),
+        jwks_fetch=jwks_from_the_app,
+    )
+    app = runtime.asgi()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        clients.append(client)
+        yield OnFly(runtime, app, client, provider)
+    await runtime.close(stop_previews=True)
+
+
+def host(preview_id: str) -> dict[str, str]:
+    return {"host": f"{preview_id}.preview.localhost:8000"}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_ready_preview_is_answered_with_fly_replay_to_its_machine(on_fly: OnFly, method: str) -> None:
+    """The answer names the preview app and the machine; no byte goes to the agent, nothing is cached."""
+    preview = await on_fly.ready_preview()
+    calls_before = list(on_fly.provider.calls)
+    response = await on_fly.client.request(
+        method, "/src/App.jsx", content=b"x" * 10, headers=host(preview["id"])
+    )
+    assert response.status_code == 409
+    assert response.headers["fly-replay"] == f"app={PREVIEW_APP};instance={preview['machine_id']}"
+    assert response.headers["cache-control"] == "no-store"
+    assert "only Fly's proxy acts on this answer" in response.text
+    assert on_fly.provider.calls == calls_before  # the machine id comes from the store, not from Fly
+
+
+async def test_previews_that_do_not_serve_get_the_same_pages_as_when_proxying(on_fly: OnFly) -> None:
+    """Unknown: 404; malformed: 422; deleted: 410; none of them carries fly-replay."""
+    preview = await on_fly.ready_preview()
+    await on_fly.client.delete(f"/v1/previews/{preview['id']}", headers=on_fly.auth())
+    answers = {
+        "unknown": await on_fly.client.get("/", headers=host("abcdefabcdef")),
+        "malformed": await on_fly.client.get("/", headers=host("not_an_id")),
+        "deleted": await on_fly.client.get("/", headers=host(preview["id"])),
+    }
+    assert {name: r.status_code for name, r in answers.items()} == {
+        "unknown": 404,
+        "malformed": 422,
+        "deleted": 410,
+    }
+    assert "no preview abcdefabcdef" in answers["unknown"].text
+    assert all("fly-replay" not in r.headers for r in answers.values())
+
+
+async def test_the_api_is_never_replayed(on_fly: OnFly) -> None:
+    """Requests to the orchestrator's own host reach the API as before."""
+    health = await on_fly.client.get("/healthz")
+    assert health.status_code == 200
+    assert "fly-replay" not in health.headers
+
+
+async def test_a_websocket_upgrade_is_answered_with_fly_replay(on_fly: OnFly) -> None:
+    """Fly replays the upgrade request itself, so the header goes on an HTTP answer to it."""
+    preview = await on_fly.ready_preview()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [(b"host", f"{preview['id']}.preview.localhost:8000".encode())],
+        "extensions": {"websocket.http.response": {}},
+    }
+    await on_fly.app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
+    headers = dict(sent[0]["headers"])
+    assert headers[b"fly-replay"] == f"app={PREVIEW_APP};instance={preview['machine_id']}".encode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "replays"),
+    [
+        ({"preview_provider": "fly", "fly_machine_id": ORCHESTRATOR_MACHINE}, True),
+        ({"preview_provider": "fly"}, False),  # a laptop talking to Fly or to the emulator
+        (
+            {
+                "preview_provider": "fly",
+                "fly_machine_id": ORCHESTRATOR_MACHINE,
+                "fly_agent_route": "emulator",
+            },
+            False,
+        ),
+        ({"preview_provider": "local", "fly_machine_id": ORCHESTRATOR_MACHINE}, False),
+    ],
+)
+def test_previews_are_replayed_only_by_a_fly_orchestrator_running_on_fly(
+    overrides: dict[str, str], replays: bool
+) -> None:
+    """FLY_MACHINE_ID (set by Fly) with PREVIEW_PROVIDER=fly and real machines; proxied anywhere else."""
+    settings = Settings(
+        **{
+            "fly_machine_id": None,
+            "fly_agent_route": "private-network",
+            "velocity_fly_app_name": "velocity-preview-containers",
+            **overrides,
+        },
+        _env_file=None,
+    )  # type: ignore[arg-type]
+    assert settings.fly_replay is replays
