@@ -60,6 +60,9 @@ async def on_fly(tmp_path: Path) -> AsyncIterator[OnFly]:
     settings = Settings(
         velocity_data_dir=tmp_path,
         preview_provider="fly",
+        # Access to private previews is the gate's business (tests/e2e/test_private_previews.py);
+        # here every preview is public so the requests show what replay does.
+        preview_access="public",
         velocity_fly_app_name=PREVIEW_APP,
         fly_machine_id=ORCHESTRATOR_MACHINE,
         fly_agent_route="private-network",

@@ -58,7 +58,8 @@ class PreviewAccess:
     async def is_open(self, preview_id: str) -> bool:
         """Whether anyone may open the preview (public, or no such preview: routing answers that)."""
         preview = await self._store.find_preview(preview_id)
-        if preview is None or self._settings.preview_access == "public":
+        # No such preview, or one that has ended: routing answers 404 or 410, which says more.
+        if preview is None or not preview.is_live or self._settings.preview_access == "public":
             return True
         return await self._public(preview.project_id)
 
