@@ -41,9 +41,10 @@ def project_files(**overrides: bytes) -> dict[str, bytes]:
 
 
 class SnapshotServer:
-    """Answers ``GET /snapshot.tgz`` with a tarball, only to the agent's bearer token."""
+    """Answers ``GET /snapshot.tgz`` with a tarball, only to the agent's bearer token (``token``)."""
 
     def __init__(self) -> None:
+        self.token = TOKEN
         self.body = tarball(project_files())
         self.authorizations: list[str] = []
         self.url = ""
@@ -64,7 +65,7 @@ class SnapshotServer:
         headers = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
         authorization = headers.get("Authorization", "")
         self.authorizations.append(authorization)
-        if authorization != f"Bearer {TOKEN}":
+        if authorization != f"Bearer {self.token}":
             status, body, kind = "401 Unauthorized", b"bad token\n", "text/plain"
         else:
             status, body, kind = "200 OK", self.body, "application/gzip"
@@ -159,7 +160,7 @@ async def gone(pid: int, within: float = 10) -> bool:
         while True:
             try:
                 os.kill(pid, 0)
-                with open(f"/proc/{pid}/stat") as stat:  # noqa: ASYNC230 - procfs does not block
+                with open(f"/proc/{pid}/stat") as stat:  # procfs answers at once
                     if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
                         return True
             except (ProcessLookupError, FileNotFoundError):

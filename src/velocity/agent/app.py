@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -56,11 +57,13 @@ class AgentApp:
 
     async def load_proxy(self) -> None:
         """Import the proxy off the event loop; until then requests for the app wait."""
+        began = time.monotonic()
         try:
             proxy_class, self._upstream_class = await asyncio.to_thread(_import_proxy)
             # The agent is reached only through the orchestrator's router or Fly's proxy, which set
             # the forwarded headers; they are kept.
             self._proxy = proxy_class(self._resolve, on_activity=self._status.touch, trust_forwarded=True)
+            self._logs.agent(f"reverse proxy loaded in {Status.elapsed_ms(began):.0f} ms")
         except Exception as exc:  # a broken image: say so on /health rather than hang every request
             self._logs.agent(f"failed: cannot load the reverse proxy: {exc!r}")
             self._status.fail(f"the agent cannot load its reverse proxy: {exc!r}")

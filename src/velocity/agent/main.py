@@ -14,6 +14,7 @@ import time
 
 from velocity.agent.boot import boot
 from velocity.agent.config import AgentConfig
+from velocity.agent.egress_bridge import start_bridge
 from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
 from velocity.agent.versions import AGENT_VERSION, PROTOCOL
@@ -31,11 +32,13 @@ def main(started: float | None = None) -> int:
         return ExitCode.CONFIG
     logs = LogBuffer()
     logs.agent(f"velocity agent {AGENT_VERSION} (protocol {PROTOCOL}) for project {config.project_id}")
+    start_bridge(os.environ, logs)  # before the snapshot fetch and npm, which go through it
     first_steps = boot(config, logs)
 
     # From here on, loading overlaps the install.
     import asyncio
 
     from velocity.agent.runtime import run
+    from velocity.agent.sync import live_sync
 
-    return asyncio.run(run(config, logs, first_steps, started))
+    return asyncio.run(run(config, logs, first_steps, started, extensions=[live_sync]))

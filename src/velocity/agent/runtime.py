@@ -85,7 +85,7 @@ async def _until_done(supervising: asyncio.Task[ExitCode] | None, stopping: asyn
         return ExitCode.FAILED
     stop = asyncio.create_task(stopping.wait())
     await asyncio.wait({supervising, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
+    await _cancel(stop)
     if supervising.done():
         return supervising.result()
     return ExitCode.OK

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import velocity
+from velocity.providers.local.network import EGRESS_DIR
 
 # The machine's main process, as the preview image's CMD runs it (tests hold the two equal).
 AGENT_ARGS = ("-m", "velocity.agent")
@@ -88,14 +89,16 @@ def readable_by_others(path: Path) -> bool:
     return True
 
 
-def bwrap_args(paths: SandboxPaths, *, hostname: str, runtime: Iterable[Path]) -> list[str]:
+def bwrap_args(
+    paths: SandboxPaths, *, hostname: str, runtime: Iterable[Path], egress: Path | None = None
+) -> list[str]:
+    """With ``egress`` (the directory of the sandbox's egress proxy socket) the sandbox gets a network
+    namespace of its own, loopback only; without, it shares the host's network. The agent is reached
+    through a unix socket either way."""
     args = [
         "bwrap",
         "--unshare-all",
-        # Until the sandbox gets its own network namespace with an egress proxy, it shares the
-        # host's network for the snapshot fetch and npm install; the agent is reached through a
-        # unix socket either way.
-        "--share-net",
+        *(() if egress is not None else ("--share-net",)),
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
@@ -128,9 +131,11 @@ def bwrap_args(paths: SandboxPaths, *, hostname: str, runtime: Iterable[Path]) -
         "--bind",
         str(paths.npm_cache),
         NPM_CACHE,
-        "--chdir",
-        WORKSPACE,
     ]
+    if egress is not None:
+        # Read-only: the sandbox can use the socket, not replace it.
+        args += ["--ro-bind", str(egress), EGRESS_DIR]
+    args += ["--chdir", WORKSPACE]
     return args
 
 

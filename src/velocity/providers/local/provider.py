@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
-from velocity.providers.base import STOPPED_OR_BEYOND, AgentEndpoint
+from velocity.providers.base import META_PROJECT_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups
 from velocity.providers.local.bwrap import (
     AGENT_ARGS,
@@ -33,6 +33,7 @@ from velocity.providers.local.bwrap import (
     readable_by_others,
     runtime_paths,
 )
+from velocity.providers.local.network import NetworkOptions, SandboxNetwork
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class SandboxOptions:
     # node_modules of destroyed sandboxes, kept per MachineSpec.cache_key; None: no such cache.
     modules_cache: Path | None = None
     modules_cache_entries: int = 20
+    # Each sandbox in a network namespace of its own, its way out the egress proxy; None: sandboxes
+    # share the host's network (machines that stand in for Fly's, whose isolation is the image's).
+    network: NetworkOptions | None = None
 
 
 class LocalSandboxProvider:
@@ -72,6 +76,11 @@ class LocalSandboxProvider:
         if self._cgroup_version is None:
             log.warning("cgroups are not writable here: memory, CPU and process limits are NOT enforced")
         self._runtime = runtime_paths()
+        self._network: SandboxNetwork | None = None
+        if options.network is not None and self._bwrap is not None:
+            self._network = SandboxNetwork(options.network)
+        elif self._bwrap is not None:
+            log.warning("sandboxes share this host's network: no egress proxy was configured")
         # Dropping to an unprivileged uid needs the Python runtime reachable by that uid.
         self._drop_to: int | None = None
         if os.geteuid() == 0:
@@ -105,6 +114,13 @@ class LocalSandboxProvider:
             self._own(directory)
         if spec.cache_key:
             await self._reuse_modules(spec.cache_key, paths.workspace)
+        project_id = spec.metadata.get(META_PROJECT_ID) or spec.env.get("PROJECT_ID", "")
+        if self._network is not None:
+            try:
+                await self._network.open(machine_id, project_id, home / "egress")
+            except OSError as exc:
+                shutil.rmtree(home, ignore_errors=True)
+                raise SandboxUnavailable(f"could not open the sandbox's egress proxy: {exc}") from exc
         group = self._make_cgroup(machine_id, spec)
         command = self._command(machine_id, paths, group)
         env = self._env(spec, home)
@@ -122,6 +138,8 @@ class LocalSandboxProvider:
             except OSError as exc:
                 if group:
                     group.remove()
+                if self._network is not None:
+                    await self._network.close(machine_id)
                 shutil.rmtree(home, ignore_errors=True)
                 raise SandboxUnavailable(f"could not start a sandbox: {exc}") from exc
         now = datetime.now(UTC)
@@ -134,6 +152,8 @@ class LocalSandboxProvider:
             "cgroup_version": group.version if group else None,
             "memory_mb": spec.memory_mb,
             "cache_key": spec.cache_key,
+            # Whom the sandbox's egress listener answers for, to open it again after a restart.
+            "egress_project": project_id if self._network is not None else None,
         }
         _write_json(home / "machine.json", record)
         machine = Machine(
@@ -191,6 +211,8 @@ class LocalSandboxProvider:
             return
         await self.stop(machine_id, timeout=STOP_GRACE_SECONDS if force else 30)
         await self._set(machine_id, state=MachineState.DESTROYING)
+        if self._network is not None:
+            await self._network.close(machine_id)
         group = self._cgroup(machine_id)
         if group:
             await _until_empty(group)
@@ -214,6 +236,9 @@ class LocalSandboxProvider:
         )
 
     async def aclose(self) -> None:
+        # The sandboxes live on; the next orchestrator opens their egress listeners again.
+        if self._network is not None:
+            await self._network.aclose()
         for machine_id, fd in list(self._pidfds.items()):
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
@@ -278,7 +303,9 @@ class LocalSandboxProvider:
         if self._bwrap is None:
             inner = agent
         else:
-            inner = [*bwrap_args(paths, hostname=machine_id, runtime=self._runtime), "--", *agent]
+            egress = home / "egress" if self._network is not None else None
+            args = bwrap_args(paths, hostname=machine_id, runtime=self._runtime, egress=egress)
+            inner = [*args, "--", *agent]
             inner[0] = self._bwrap
             if self._drop_to is not None:
                 uid = str(self._drop_to)
@@ -298,8 +325,11 @@ class LocalSandboxProvider:
             "WORKSPACE": WORKSPACE,
             "AGENT_SOCKET": AGENT_SOCKET,
         }
-        env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+        if self._network is None:
+            env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
         env.update(spec.env)
+        if self._network is not None:
+            env.update(self._network.env(spec.env))
         if unisolated:
             # Without a mount namespace the agent uses the host paths directly.
             env["WORKSPACE"] = str(home / "workspace")
@@ -398,6 +428,9 @@ class LocalSandboxProvider:
         """Watch adopted sandboxes for exit (needs the running loop, so not in ``__init__``)."""
         pending, self._pending_adoptions = self._pending_adoptions, []
         for machine_id, pid in pending:
+            project_id = self._record(machine_id).get("egress_project")
+            if self._network is not None and project_id is not None:
+                await self._network.open(machine_id, project_id, self._options.root / machine_id / "egress")
             self._watch_exit(machine_id, pid)
 
     # --- state -----------------------------------------------------------------------------------
