@@ -33,6 +33,7 @@ from velocity.providers.local.bwrap import (
     readable_by_others,
     runtime_paths,
 )
+from velocity.providers.local.modules import ModulesCache
 from velocity.providers.local.network import NetworkOptions, SandboxNetwork
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class LocalSandboxProvider:
 
     def __init__(self, options: SandboxOptions) -> None:
         self._options = options
+        self._modules = ModulesCache(options.modules_cache, entries=options.modules_cache_entries)
         self._bwrap = shutil.which("bwrap")
         if self._bwrap is None and not options.allow_unisolated:
             raise SandboxUnavailable(
@@ -113,7 +115,7 @@ class LocalSandboxProvider:
         for directory in (paths.workspace, paths.run):
             self._own(directory)
         if spec.cache_key:
-            await self._reuse_modules(spec.cache_key, paths.workspace)
+            await asyncio.to_thread(self._modules.link, spec.cache_key, paths.workspace)
         project_id = spec.metadata.get(META_PROJECT_ID) or spec.env.get("PROJECT_ID", "")
         if self._network is not None:
             try:
@@ -217,7 +219,9 @@ class LocalSandboxProvider:
         if group:
             await _until_empty(group)
             group.remove()
-        await asyncio.to_thread(self._keep_modules, machine_id)
+        key = self._record(machine_id).get("cache_key")
+        if key:
+            await asyncio.to_thread(self._modules.keep, key, self._options.root / machine_id / "workspace")
         await asyncio.to_thread(shutil.rmtree, self._options.root / machine_id, True)
         self._procs.pop(machine_id, None)
         await self._set(machine_id, state=MachineState.DESTROYED)
@@ -243,55 +247,6 @@ class LocalSandboxProvider:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
             del self._pidfds[machine_id]
-
-    # --- the dependency cache ----------------------------------------------------------------------
-    async def _reuse_modules(self, key: str, workspace: Path) -> None:
-        """Hard-link a kept node_modules into a new workspace (a few ms, against a second of npm ci)."""
-        cache = self._options.modules_cache
-        if cache is None or not (cache / key / "node_modules").is_dir():
-            return
-        linked = await asyncio.to_thread(
-            subprocess.run,
-            ["cp", "-al", str(cache / key / "node_modules"), str(workspace / "node_modules")],
-            capture_output=True,
-        )
-        if linked.returncode != 0:  # another filesystem, say: the agent installs as usual
-            log.info("could not link cached dependencies: %s", linked.stderr.decode(errors="replace")[-200:])
-            shutil.rmtree(workspace / "node_modules", ignore_errors=True)
-            return
-        os.utime(cache / key)  # most recently used, for eviction
-
-    def _keep_modules(self, machine_id: str) -> None:
-        """Move a finished install's node_modules into the cache before the sandbox's files go.
-
-        Only a complete install is kept (npm writes node_modules/.package-lock.json last), without
-        Vite's caches; the key includes the owner, so a sandbox can only ever affect its owner's
-        later previews.
-        """
-        cache = self._options.modules_cache
-        key = self._record(machine_id).get("cache_key")
-        modules = self._options.root / machine_id / "workspace" / "node_modules"
-        if cache is None or not key or not (modules / ".package-lock.json").is_file():
-            return
-        if (cache / key).exists():
-            os.utime(cache / key)
-            return
-        staging = cache / f".{key}.{machine_id}"
-        try:
-            staging.mkdir(parents=True)
-            os.rename(modules, staging / "node_modules")
-            for scratch in (".vite", ".vite-temp", ".cache"):
-                shutil.rmtree(staging / "node_modules" / scratch, ignore_errors=True)
-            os.rename(staging, cache / key)
-        except OSError as exc:  # a concurrent keeper won, or another filesystem
-            log.info("not keeping dependencies of %s: %s", machine_id, exc)
-            shutil.rmtree(staging, ignore_errors=True)
-            return
-        entries = sorted(
-            (p for p in cache.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
-        )
-        for stale in entries[: max(0, len(entries) - self._options.modules_cache_entries)]:
-            shutil.rmtree(stale, ignore_errors=True)
 
     # --- sandboxes -------------------------------------------------------------------------------
     def _command(

@@ -1,0 +1,75 @@
+"""Installed ``node_modules`` kept between sandboxes, per owner and lockfile.
+
+A sandbox that ends after a complete install leaves its ``node_modules`` here (moved, not copied);
+the next machine with the same key gets it hard-linked in (``cp -al``, a few milliseconds, against a
+second of ``npm ci``). Keys include the owner (``MachineSpec.cache_key``): a sandbox can write to its
+``node_modules``, so nothing one user's code touched is ever given to another user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Vite's and tools' caches are rebuilt per preview; only the installed packages are worth keeping.
+SCRATCH = (".vite", ".vite-temp", ".cache")
+
+
+class ModulesCache:
+    def __init__(self, root: Path | None, *, entries: int) -> None:
+        self._root = root
+        self._entries = entries
+
+    def link(self, key: str, workspace: Path) -> bool:
+        """Hard-link the kept ``node_modules`` of ``key`` into ``workspace``; False when there is none."""
+        if self._root is None or not (self._root / key / "node_modules").is_dir():
+            return False
+        linked = subprocess.run(
+            ["cp", "-al", str(self._root / key / "node_modules"), str(workspace / "node_modules")],
+            capture_output=True,
+            check=False,
+        )
+        if linked.returncode != 0:  # another filesystem, say: the agent installs as usual
+            log.info("could not link kept dependencies: %s", linked.stderr.decode(errors="replace")[-200:])
+            shutil.rmtree(workspace / "node_modules", ignore_errors=True)
+            return False
+        os.utime(self._root / key)  # most recently used, for eviction
+        return True
+
+    def keep(self, key: str, workspace: Path) -> bool:
+        """Move a finished install's ``node_modules`` into the cache; False when it is not kept.
+
+        Only a complete install counts (npm writes ``node_modules/.package-lock.json`` last).
+        """
+        modules = workspace / "node_modules"
+        if self._root is None or not (modules / ".package-lock.json").is_file():
+            return False
+        if (self._root / key).exists():
+            os.utime(self._root / key)
+            return False
+        staging = self._root / f".{key}.{os.getpid()}.{id(workspace)}"
+        try:
+            staging.mkdir(parents=True)
+            os.rename(modules, staging / "node_modules")
+            for scratch in SCRATCH:
+                shutil.rmtree(staging / "node_modules" / scratch, ignore_errors=True)
+            os.rename(staging, self._root / key)
+        except OSError as exc:  # a concurrent keeper won, or another filesystem
+            log.info("not keeping dependencies under %s: %s", key, exc)
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        assert self._root is not None
+        kept = sorted(
+            (p for p in self._root.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
+        )
+        for stale in kept[: max(0, len(kept) - self._entries)]:
+            shutil.rmtree(stale, ignore_errors=True)
