@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
-from tests.deploy.deploy_files import PREVIEW_TEMPLATE, ROOT, fly_toml, project_files
 
+from tests.deploy.deploy_files import PREVIEW_TEMPLATE, ROOT, fly_toml, project_files
 from velocity.deploy import FORBIDDEN_ENV, AutoStop, load_machine_template
 
 FLY_TOMLS = project_files("fly.toml")

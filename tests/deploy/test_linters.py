@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.deploy.deploy_files import ROOT, WORKFLOWS, project_files, tool
 
 WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.y*ml"))

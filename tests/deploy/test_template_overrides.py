@@ -6,8 +6,8 @@ import tomllib
 from collections.abc import Callable
 
 import pytest
-from tests.deploy.deploy_files import PREVIEW_TEMPLATE
 
+from tests.deploy.deploy_files import PREVIEW_TEMPLATE
 from velocity.deploy import (
     Disagreement,
     GuestTemplate,

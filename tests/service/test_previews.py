@@ -140,11 +140,7 @@ async def test_a_machine_that_stops_on_its_own_fails_its_preview_with_the_reason
     preview, _ = await world.service.create(ALICE, "alice-one")
     ready = await world.service.settled(preview.id, timeout=5)
     await world.provider.set_state(ready.machine_id or "", MachineState.STOPPED, exit_reason="out of memory")
-    for _ in range(100):
-        current = await world.store.get_preview(preview.id)
-        if current.state == PreviewState.FAILED:
-            break
-        await asyncio.sleep(0)
+    current = await world.service.ended(preview.id, timeout=5)
     assert current.state == PreviewState.FAILED
     assert "out of memory" in (current.failure_reason or "")
 
