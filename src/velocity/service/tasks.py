@@ -27,7 +27,8 @@ class TaskSet:
         return key in self._tasks
 
     def cancel(self, key: str) -> None:
-        task = self._tasks.pop(key, None)
+        # The task stays tracked until it has finished cancelling, so ``close`` still awaits it.
+        task = self._tasks.get(key)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -29,6 +31,26 @@ from velocity.store.tables import preview_events, previews, projects
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
+Operation = TypeVar("Operation", bound=Callable[..., Awaitable[Any]])
+
+
+def _whole(operation: Operation) -> Operation:
+    """Run a database operation to its end (commit or rollback) even when its caller is cancelled.
+
+    Cancelled half-way, a transaction would leave its connection to be torn down while it may hold
+    SQLite's write lock; shielded, the caller stops waiting and the operation still finishes cleanly
+    (``Store.dispose`` waits for it).
+    """
+
+    @functools.wraps(operation)
+    async def whole(store: Store, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.ensure_future(operation(store, *args, **kwargs))
+        store._inflight.add(task)
+        task.add_done_callback(store._inflight.discard)
+        return await asyncio.shield(task)
+
+    return cast(Operation, whole)
+
 
 class CreateOutcome(NamedTuple):
     preview: Preview
@@ -38,6 +60,7 @@ class CreateOutcome(NamedTuple):
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._inflight: set[asyncio.Future[Any]] = set()
         self._sqlite = engine.dialect.name == "sqlite"
 
     @classmethod
@@ -62,6 +85,8 @@ class Store:
             await conn.run_sync(upgrade)
 
     async def dispose(self) -> None:
+        if self._inflight:  # operations whose callers were cancelled still finish first
+            await asyncio.wait(list(self._inflight))
         await self._engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -73,6 +98,7 @@ class Store:
                 yield conn
 
     # --- previews --------------------------------------------------------------------------------
+    @_whole
     async def create_preview(self, preview: Preview, *, limit: int) -> CreateOutcome:
         """Insert ``preview`` unless the user already has a live one for the project or is at ``limit``.
 
@@ -113,6 +139,7 @@ class Store:
         )
         return [_preview(row) for row in (await conn.execute(query)).mappings()]
 
+    @_whole
     async def find_preview(self, preview_id: str) -> Preview | None:
         async with self._engine.connect() as conn:
             row = (
@@ -120,12 +147,14 @@ class Store:
             )
         return _preview(row) if row else None
 
+    @_whole
     async def get_preview(self, preview_id: str) -> Preview:
         found = await self.find_preview(preview_id)
         if found is None:
             raise NotFound(f"preview {preview_id} not found")
         return found
 
+    @_whole
     async def list_previews(
         self, *, user_id: str | None = None, states: Collection[PreviewState] | None = None
     ) -> list[Preview]:
@@ -137,6 +166,7 @@ class Store:
         async with self._engine.connect() as conn:
             return [_preview(row) for row in (await conn.execute(query)).mappings()]
 
+    @_whole
     async def update_preview(
         self,
         preview_id: str,
@@ -164,6 +194,7 @@ class Store:
             row = (await conn.execute(previews.select().where(previews.c.id == preview_id))).mappings().one()
         return _preview(row)
 
+    @_whole
     async def add_event(self, preview_id: str, state: PreviewState, detail: str, at: datetime) -> None:
         async with self._writing() as conn:
             await self._add_event(conn, preview_id, state, detail, at)
@@ -175,6 +206,7 @@ class Store:
             preview_events.insert().values(preview_id=preview_id, state=state.value, detail=detail, at=at)
         )
 
+    @_whole
     async def events(self, preview_id: str, *, after_id: int = 0) -> list[tuple[int, PreviewEvent]]:
         query = (
             preview_events.select()
@@ -196,6 +228,7 @@ class Store:
             for row in rows
         ]
 
+    @_whole
     async def touch(self, preview_id: str, at: datetime) -> None:
         """Record activity; never moves ``last_activity_at`` backwards."""
         query = (
@@ -207,6 +240,7 @@ class Store:
             await conn.execute(query)
 
     # --- projects --------------------------------------------------------------------------------
+    @_whole
     async def save_project(self, project: Project) -> Project:
         values = {
             "id": project.id,
@@ -227,6 +261,7 @@ class Store:
                 await conn.execute(projects.update().where(projects.c.id == project.id).values(**values))
         return await self.get_project(project.id)
 
+    @_whole
     async def get_project(self, project_id: str) -> Project:
         async with self._engine.connect() as conn:
             row = (
@@ -236,6 +271,7 @@ class Store:
             raise NotFound(f"project {project_id} not found; import it first (velocity projects import DIR)")
         return _project(row)
 
+    @_whole
     async def list_projects(self, *, owner_id: str | None = None) -> list[Project]:
         query = projects.select().order_by(projects.c.created_at)
         if owner_id is not None:
