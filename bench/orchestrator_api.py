@@ -3,24 +3,30 @@
     .venv/bin/python -m bench.orchestrator_api                           # 5 runs of 500 previews, 50 clients
     .venv/bin/python -m bench.orchestrator_api --runs 3 --previews 200   # quicker
 
-Set-up: the orchestrator as ``velocity serve`` composes it (``Runtime``: store, service, API, router) with
-``PREVIEW_PROVIDER=fly``, served by uvicorn on a loopback port. Its ``FlyProvider`` talks over ASGI to the
-Fly emulator, whose machines are simulated with zero latency. Behind the emulator rather than a
-``SimulatedProvider`` handed to the service directly: then the Fly client, the provider and the Machines
-API are on the path, as in production, and the emulator counts the calls. No agent runs: a mock answers
-every ``/health`` with ``ready``, so "ready" measures the orchestrator, not npm or Vite.
+The orchestrator as ``velocity serve`` composes it (``Runtime``: store, service, API, router; SQLite in a
+fresh data directory), with ``PREVIEW_PROVIDER=fly``, served by uvicorn on a loopback port. No agent runs:
+a mock answers every ``/health`` with ``ready``, so "ready" measures the orchestrator, not npm or Vite.
+Machines are simulated with zero latency, in two set-ups measured one after the other:
+
+* ``fly-emulator``: the ``FlyProvider`` talks over ASGI to the Fly emulator, whose machines are simulated:
+  the Fly client, the provider and the Machines API are on the path as in production, and the emulator
+  counts the calls. The emulator runs in the same process, so this set-up also pays for work that Fly
+  would do: a lower bound.
+* ``direct``: a ``SimulatedProvider`` handed to the service: the orchestrator's own ceiling (API, auth,
+  store, background tasks), with nothing of Fly's cost in it.
 
 1. Throughput. ``--previews`` previews, each for its own user (tokens minted per user, each with its own
-   project, so ``MAX_CONTAINERS_PER_USER`` never refuses one), posted by ``--clients`` concurrent
-   clients; ``--runs`` times, each on a fresh orchestrator and database. The API answers 201 once the row
-   is written and leaves the machine to a background task, so two rates: POST → 201 (the API) and
-   POST → ready (machine created through the emulator, agent asked, preview marked ready; learnt from
-   the service's own notification, no polling). Fly's rate limits are off on both sides here: with
-   them an app gets at most ~1 create/s, which ``bench.fly_api`` measures; this measures the orchestrator.
-   The clients share the process and its event loop with the orchestrator: the rates are a lower bound.
+   project, so ``MAX_CONTAINERS_PER_USER`` and the per-user create rate never refuse one), posted by
+   ``--clients`` concurrent clients; ``--runs`` times per set-up, each on a fresh orchestrator and
+   database; medians of the runs. The API answers 201 once the row is written and leaves the machine to a
+   background task, so two rates: POST → 201 (the API) and POST → ready (machine created, agent asked,
+   preview marked ready; from the row's ``ready_at``). Fly's rate limits are off here: with them an app
+   gets at most ~1 create/s, which ``bench.fly_api`` measures. The clients share the process and its
+   event loop with the orchestrator, so the rates are lower bounds.
 2. Calls per lifecycle. ``--lifecycles`` previews one after another, POST → ready → DELETE → machine
-   destroyed, with Fly's documented limits enforced by the emulator and the client's limiter as in
-   production; the emulator's count per action (target: create 1, wait <= 2, destroy 1; no 429).
+   destroyed, through the emulator with Fly's documented limits enforced by the emulator and the client's
+   limiter as in production; the emulator's count per action (target: create 1, wait <= 2, destroy 1;
+   no 429).
 
 Writes ``bench/results/orchestrator_api.json`` and prints a summary. Times are reported, never asserted.
 """
@@ -32,6 +38,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import platform
 import shutil
 import socket
@@ -55,7 +62,9 @@ from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, RateLimiter
 from velocity.fly.machine_config import MachinePlan
 from velocity.fly.ratelimit import Rate
+from velocity.providers.base import MachineProvider
 from velocity.providers.fly import FlyProvider
+from velocity.providers.simulated import SimulatedProvider
 from velocity.runtime import Runtime, resolve_local_defaults
 from velocity.service import AgentClient
 from velocity.settings import Settings
@@ -63,6 +72,7 @@ from velocity.settings import Settings
 APP = "velocity-preview-containers"
 TOKEN = "bench-token"
 RESULTS = Path(__file__).parent / "results" / "orchestrator_api.json"
+SETUPS = ("fly-emulator", "direct")
 NO_LIMIT = Rate(1e9, 1_000_000)
 
 
@@ -90,13 +100,13 @@ class _QuietServer(uvicorn.Server):
 @dataclass
 class Orchestrator:
     runtime: Runtime
-    emulator: FlyEmulator
+    emulator: FlyEmulator | None  # None when the service has the simulated machines directly
     url: str
 
 
 @contextlib.asynccontextmanager
-async def orchestrator(*, fly_limits: bool) -> AsyncIterator[Orchestrator]:
-    """A fresh orchestrator on 127.0.0.1:<free port>, its Fly app the emulator (simulated machines)."""
+async def orchestrator(*, setup: str, fly_limits: bool = False) -> AsyncIterator[Orchestrator]:
+    """A fresh orchestrator on 127.0.0.1:<free port> with simulated machines, behind the emulator or not."""
     data = Path(tempfile.mkdtemp(prefix="vp-bench-"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -115,12 +125,16 @@ async def orchestrator(*, fly_limits: bool) -> AsyncIterator[Orchestrator]:
             _env_file=None,  # type: ignore[call-arg]
         )
     )
-    emulator = FlyEmulator(tokens=[TOKEN], faults=Faults(enforce_rate_limits=fly_limits))
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator), base_url="http://fly.bench")
-    limiter = None if fly_limits else RateLimiter(rates={}, default=NO_LIMIT)
-    provider = FlyProvider(
-        FlyClient(http, app=APP, token=TOKEN, limiter=limiter), MachinePlan.from_settings(settings)
-    )
+    emulator: FlyEmulator | None = None
+    provider: MachineProvider
+    if setup == "direct":
+        provider = SimulatedProvider()
+    else:
+        emulator = FlyEmulator(tokens=[TOKEN], faults=Faults(enforce_rate_limits=fly_limits))
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator), base_url="http://fly.bench")
+        limiter = None if fly_limits else RateLimiter(rates={}, default=NO_LIMIT)
+        client = FlyClient(http, app=APP, token=TOKEN, limiter=limiter)
+        provider = FlyProvider(client, MachinePlan.from_settings(settings))
     runtime = await Runtime.open(
         settings, provider=provider, agents=AgentClient(httpx.MockTransport(ready_agent))
     )
@@ -131,8 +145,9 @@ async def orchestrator(*, fly_limits: bool) -> AsyncIterator[Orchestrator]:
     finally:
         server.should_exit = True
         await serving
-        await runtime.close(stop_previews=False)  # the emulator goes with its machines
-        await emulator.aclose()
+        await runtime.close(stop_previews=False)  # the machines go with the emulator or the provider
+        if emulator is not None:
+            await emulator.aclose()
         sock.close()
         shutil.rmtree(data, ignore_errors=True)
 
@@ -150,8 +165,8 @@ async def users_with_projects(runtime: Runtime, count: int, prefix: str) -> list
     return users
 
 
-async def throughput_run(previews: int, clients: int) -> dict[str, Any]:
-    async with orchestrator(fly_limits=False) as o:
+async def throughput_run(setup: str, previews: int, clients: int) -> dict[str, Any]:
+    async with orchestrator(setup=setup) as o:
         users = await users_with_projects(o.runtime, previews, "tp")
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         for user in users:
@@ -206,13 +221,14 @@ async def throughput_run(previews: int, clients: int) -> dict[str, Any]:
             "ready_per_s": len(ready) / all_ready if ready else 0.0,
             "post_to_201_s": percentiles(created),
             "post_to_ready_s": percentiles(ready),
-            "fly_calls": dict(o.emulator.stats.calls),
+            "fly_calls": dict(o.emulator.stats.calls) if o.emulator else None,
         }
 
 
 async def lifecycles(count: int) -> dict[str, Any]:
     """Previews one at a time through the API, Fly's limits enforced; Fly API calls of each."""
-    async with orchestrator(fly_limits=True) as o:
+    async with orchestrator(setup="fly-emulator", fly_limits=True) as o:
+        assert o.emulator is not None
         users = await users_with_projects(o.runtime, count, "lc")
         per_run: list[Counter[str]] = []
         async with httpx.AsyncClient(base_url=o.url, timeout=60) as http:
@@ -254,52 +270,55 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 5)}
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    runs = [await throughput_run(args.previews, args.clients) for _ in range(args.runs)]
+async def throughput(setup: str, args: argparse.Namespace) -> dict[str, Any]:
+    runs = [await throughput_run(setup, args.previews, args.clients) for _ in range(args.runs)]
 
     def median(key: str, sub: str | None = None) -> float:
-        values = [run[key][sub] if sub else run[key] for run in runs]
-        return round(statistics.median(values), 5)
+        return round(statistics.median(run[key][sub] if sub else run[key] for run in runs), 5)
 
+    return {
+        "median_created_per_s": median("created_per_s"),
+        "median_ready_per_s": median("ready_per_s"),
+        "median_post_to_201_p50_s": median("post_to_201_s", "p50"),
+        "median_post_to_201_p99_s": median("post_to_201_s", "p99"),
+        "median_post_to_ready_p50_s": median("post_to_ready_s", "p50"),
+        "median_post_to_ready_p99_s": median("post_to_ready_s", "p99"),
+        "runs": runs,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.orchestrator_api", *sys.argv[1:]]),
         "python": platform.python_version(),
-        "store": "sqlite (the data directory's default)",
+        "cpus": os.cpu_count(),
+        "store": "SQLite in a fresh data directory",
         "clients": args.clients,
         "previews_per_run": args.previews,
-        "throughput": {
-            "median_created_per_s": median("created_per_s"),
-            "median_ready_per_s": median("ready_per_s"),
-            "median_post_to_201_p50_s": median("post_to_201_s", "p50"),
-            "median_post_to_201_p99_s": median("post_to_201_s", "p99"),
-            "median_post_to_ready_p50_s": median("post_to_ready_s", "p50"),
-            "median_post_to_ready_p99_s": median("post_to_ready_s", "p99"),
-            "runs": runs,
-        },
+        "throughput": {setup: await throughput(setup, args) for setup in SETUPS},
         "lifecycle": await lifecycles(args.lifecycles),
     }
 
 
 def report(result: dict[str, Any]) -> None:
-    t, life = result["throughput"], result["lifecycle"]
     print(
-        f"{result['previews_per_run']} previews x {len(t['runs'])} runs, {result['clients']} concurrent clients, "
-        "simulated machines behind the Fly emulator (no rate limits):"
+        f"{result['previews_per_run']} previews per run, {result['clients']} concurrent clients, "
+        "simulated machines with zero latency, no rate limits (medians of the runs):"
     )
-    print(
-        f"  POST -> 201    median {t['median_created_per_s']:.0f} previews/s; "
-        f"latency p50 {t['median_post_to_201_p50_s'] * 1000:.1f} ms, p99 {t['median_post_to_201_p99_s'] * 1000:.1f} ms"
-    )
-    print(
-        f"  POST -> ready  median {t['median_ready_per_s']:.0f} previews/s; "
-        f"latency p50 {t['median_post_to_ready_p50_s'] * 1000:.1f} ms, p99 {t['median_post_to_ready_p99_s'] * 1000:.1f} ms"
-    )
-    for index, run in enumerate(t["runs"], 1):
+    for setup, t in result["throughput"].items():
+        print(f"  {setup}:")
         print(
-            f"    run {index}: {run['created_per_s']:.0f}/s created, {run['ready_per_s']:.0f}/s ready, "
-            f"statuses {run['statuses']}"
+            f"    POST -> 201    {t['median_created_per_s']:.0f} previews/s; latency "
+            f"p50 {t['median_post_to_201_p50_s'] * 1000:.0f} ms, p99 {t['median_post_to_201_p99_s'] * 1000:.0f} ms"
         )
+        print(
+            f"    POST -> ready  {t['median_ready_per_s']:.0f} previews/s; latency "
+            f"p50 {t['median_post_to_ready_p50_s'] * 1000:.0f} ms, p99 {t['median_post_to_ready_p99_s'] * 1000:.0f} ms"
+        )
+        runs = ", ".join(f"{run['created_per_s']:.0f}" for run in t["runs"])
+        print(f"    created/s per run: {runs}")
+    life = result["lifecycle"]
     print(
         f"Fly API calls per preview lifecycle through the orchestrator ({life['lifecycles']} runs, Fly's limits on):"
     )

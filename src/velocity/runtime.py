@@ -228,7 +228,7 @@ class Runtime:
         """End the long-lived connections (Realtime sockets, event streams) before the server stops,
         which would otherwise wait for them."""
         if self.preview_events is not None:
-            self.preview_events.close()
+            await self.preview_events.aclose()
         if self.hub is not None:
             await self.hub.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,22 @@ def test_a_file_written_moments_ago_waits_for_the_rest_of_the_gap() -> None:
     assert pacer.delay(["src/other.js"]) == 0
     now[0] += 0.0625
     assert pacer.delay(["src/App.jsx"]) == 0
+
+
+async def test_only_the_last_write_of_a_burst_is_confirmed_a_gap_later() -> None:
+    """A lone write is not touched; in a burst, each write replaces the pending touch of the one before."""
+    confirmed: list[str] = []
+    done = asyncio.Event()
+
+    def confirm(path: str) -> None:
+        confirmed.append(path)
+        done.set()
+
+    pacer = Pacer(gap=0.01)
+    pacer.wrote(["lone.txt"], confirm=confirm)
+    for _ in range(3):
+        pacer.wrote(["App.jsx"], confirm=confirm)
+    async with asyncio.timeout(5):
+        await done.wait()
+    pacer.close()
+    assert confirmed == ["App.jsx"]

@@ -102,3 +102,37 @@ async def test_every_frame_counts_as_activity(proxy_url: str, activity: Activity
             await ws.send("x")
             await ws.recv()
     assert activity.count == 1 + 3 * 2
+
+
+async def _raw_handshake_then_ask_headers(url: str, host: str) -> dict[str, str]:
+    """Open a WebSocket by hand (to send any Host), ask the upstream for the headers it saw."""
+    address = url.removeprefix("ws://")
+    ip, port = address.split(":")
+    reader, writer = await asyncio.open_connection(ip, int(port))
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(b"headers"))
+    writer.write(bytes([0x81, 0x80 | 7]) + mask + payload)
+    head = await reader.readexactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    seen: dict[str, str] = json.loads(await reader.readexactly(length))["headers"]
+    writer.close()
+    await writer.wait_closed()
+    return seen
+
+
+async def test_a_host_with_uri_syntax_is_not_spliced_into_the_upstream_uri(
+    upstream_url: str,
+) -> None:
+    """A Host like user@evil cannot smuggle credentials or a path into the upstream handshake."""
+    async with asyncio.timeout(10), proxy_server(Upstream(upstream_url)) as url:
+        seen = await _raw_handshake_then_ask_headers(url.replace("http://", "ws://"), "user:pw@evil.example")
+    assert seen["host"] == upstream_url.removeprefix("http://")
+    assert "authorization" not in seen
+    assert seen["x-forwarded-host"] == "user:pw@evil.example"

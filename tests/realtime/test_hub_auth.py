@@ -52,9 +52,7 @@ async def test_an_unknown_serializer_version_is_refused_with_400(served: Served)
 
 async def test_the_python_client_with_a_bad_key_cannot_connect(served: Served) -> None:
     """The official client surfaces the refusal instead of hanging."""
-    py = await served.python(
-        token=mint({"role": "anon", "exp": 4102444800}, "a-different-secret-of-32-bytes-or-more")
-    )
+    py = await served.python(token=FOREIGN_KEY)
     with pytest.raises(InvalidStatus):
         await py.subscribe(TOPIC)
 

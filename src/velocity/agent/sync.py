@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from velocity.agent.changes import EVENTS, Change, Refused, apply, parse
+from velocity.agent.changes import EVENTS, Change, Refused, apply, check, parse
 from velocity.agent.context import AgentContext
 from velocity.agent.logs import LogLine
 from velocity.agent.pacing import Pacer
@@ -120,10 +120,11 @@ class LiveSync:
             await self._stay_connected()
         finally:
             unsubscribe()
-            for task in [*tasks, self._reinstalling]:
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+            self._pacer.close()
+            running = [task for task in [*tasks, self._reinstalling] if task is not None]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     # --- the connection ---------------------------------------------------------------------------
 
@@ -274,11 +275,18 @@ class LiveSync:
                 except Refused as each:
                     self._refuse(each)
         for change in applied:
-            self._pacer.wrote(change.paths)
+            self._pacer.wrote([path for path, _ in change.writes], confirm=self._touch)
+            self._pacer.wrote(change.deletes)
             self._known.update(path for path, _ in change.writes)
             self._known.difference_update(change.deletes)
             if change.dependencies:
                 self._dependencies_changed()
+
+    def _touch(self, path: str) -> None:
+        """Confirm the last write of a burst to the dev server's watcher (see ``pacing``)."""
+        with contextlib.suppress(Refused, OSError):
+            check(self._context.workspace, Change(writes=((path, b""),)))
+            os.utime(self._context.workspace.root / path, follow_symlinks=False)
 
     async def _resync(self) -> None:
         s, workspace = self._settings, self._context.workspace

@@ -165,7 +165,18 @@ def create_api(
         """Run a reconcile and reap pass now; answers what it did."""
         return MaintenanceOut(done=await previews.reconcile() + await previews.reap())
 
-    @app.put("/v1/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
+    @app.put(
+        "/v1/projects/{project_id}",
+        response_model=ProjectOut,
+        tags=["projects"],
+        # The body is read raw, so FastAPI cannot see it: declared here for the document.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def import_project(
         project_id: ProjectPath,
         request: Request,

@@ -15,6 +15,7 @@ from rich.table import Table
 from velocity.auth import Caller
 from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
+from velocity.cli.progress import follow
 from velocity.cli.push import push_command
 from velocity.domain import PreviewError, PreviewState
 from velocity.projects import pack_directory
@@ -179,8 +180,15 @@ def previews_create(
     preview = api.call("POST", "/v1/previews", json={"project_id": project_id})
     if wait:
         with console.status(preview["state"]) as status:
+
+            def show(text: str) -> None:
+                status.update(f"{text} ({time.perf_counter() - started:.1f} s)")
+
+            # The agent's own status messages, as they come; polling for an orchestrator without them.
+            if preview["state"] in ("provisioning", "booting") and follow(api, preview["id"], show):
+                preview = api.call("GET", f"/v1/previews/{preview['id']}")
             while preview["state"] in ("provisioning", "booting"):
-                status.update(f"{preview['stage']} ({time.perf_counter() - started:.1f} s)")
+                show(preview["stage"])
                 time.sleep(0.2)
                 preview = api.call("GET", f"/v1/previews/{preview['id']}")
     if preview["state"] == "failed":

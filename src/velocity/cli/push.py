@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +28,8 @@ from velocity.projects import EXCLUDED_DIRS, archive_files, directory_files, pac
 from velocity.realtime.contract import FILES_BATCH, MAX_MESSAGE_BYTES, preview_topic
 from velocity.settings import load_settings
 
+# How often the watcher wakes without changes (it must, once, to say that it runs).
+WATCH_TICK_MS = 200
 # Room left in a message for the batch's own keys, the deletions' list and the seq.
 _BATCH_OVERHEAD = 1_000
 
@@ -130,13 +132,24 @@ class Pusher:
         self._sent = local
         return todo
 
-    def watch(self) -> None:
-        """Push after every burst of changes (watchfiles groups them), until Ctrl-C."""
+    def watch(self, started: Callable[[], None]) -> None:
+        """Push after every burst of changes (watchfiles groups them), until Ctrl-C. ``started`` is
+        called once the watcher runs, after a push of what changed before it did."""
         ignored = watchfiles.DefaultFilter(
             ignore_dirs=(*watchfiles.DefaultFilter.ignore_dirs, *EXCLUDED_DIRS)
         )
-        for _ in watchfiles.watch(self._directory, watch_filter=ignored):
-            report(self.push())
+        watching = False
+        # The watcher starts inside the first iteration; the first timeout tells us it runs.
+        for changes in watchfiles.watch(
+            self._directory, watch_filter=ignored, yield_on_timeout=True, rust_timeout=WATCH_TICK_MS
+        ):
+            if changes or not watching:
+                todo = self.push()
+                if changes or todo:
+                    report(todo)
+            if not watching:
+                watching = True
+                started()
 
     def _broadcast(self, payload: dict[str, Any]) -> None:
         message = {
@@ -199,6 +212,5 @@ def push_command(
     )
     report(pusher.push())
     if watch:
-        typer.echo(f"watching {directory} (Ctrl-C stops)")
         with contextlib.suppress(KeyboardInterrupt):
-            pusher.watch()
+            pusher.watch(lambda: typer.echo(f"watching {directory} (Ctrl-C stops)"))

@@ -27,6 +27,8 @@ from velocity.settings import Settings
 
 AgentRoute = Literal["private-network", "emulator"]
 _KNOWN_MACHINES = 10_000
+# Against the emulator, how long create waits for the backing sandbox to start (the emulator's own limit).
+_EMULATED_START_SECONDS = 120.0
 
 # Fly's transient and odd states, folded onto the words the rest of the project uses.
 _STATE_ALIASES: Mapping[str, MachineState] = {
@@ -78,7 +80,14 @@ class FlyProvider:
             except CapacityError:
                 full.append(region)
                 continue
-            return self._remember(machine_from_json(created))
+            machine = self._remember(machine_from_json(created))
+            if self._agent_route == "emulator":
+                # The service dials the agent as soon as create returns, and only the emulator knows
+                # where a backing sandbox listens, once it has started: learn it here.
+                return await self.wait(
+                    machine.id, state=MachineState.STARTED, timeout=_EMULATED_START_SECONDS
+                )
+            return machine
         raise CapacityError(f"no capacity in {', '.join(full)}; add regions to FLY_REGIONS or retry later")
 
     async def get(self, machine_id: str) -> Machine:

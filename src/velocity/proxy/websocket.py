@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,6 +26,8 @@ from velocity.proxy.upstream import Upstream
 # what happened and must never be sent.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 _MAX_REFUSAL_BODY = 64 * 1024
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 T = TypeVar("T")
 
@@ -54,6 +57,10 @@ async def forward_websocket(
     on_activity()
     headers = request_headers(scope, upstream, trust_forwarded=trust_forwarded, drop=WEBSOCKET_HANDSHAKE)
     host = headers[0][1].decode("latin-1")
+    if not _HOST.fullmatch(host):
+        # The URI carries the Host header, so a value with URI syntax in it ("user@host", a path)
+        # must not be spliced in; the upstream's own name is sent instead.
+        host = upstream.netloc
     extra = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers[1:]]
     # The URI carries the Host header to send; the address to dial is given separately.
     uri = target_url(upstream, scope, websocket=True).replace(upstream.netloc, host, 1)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from velocity.realtime.auth import ChannelAuthorizer, Claims, TokenVerifier, allow_all
+    from velocity.realtime.channels import Listener
     from velocity.realtime.core import HubLimits, HubStats
     from velocity.realtime.hub import RealtimeHub
 
@@ -31,6 +32,7 @@ _HOMES = {
     "Claims": "velocity.realtime.auth",
     "TokenVerifier": "velocity.realtime.auth",
     "allow_all": "velocity.realtime.auth",
+    "Listener": "velocity.realtime.channels",
     "HubLimits": "velocity.realtime.core",
     "HubStats": "velocity.realtime.core",
     "RealtimeHub": "velocity.realtime.hub",
@@ -41,6 +43,7 @@ __all__ = [
     "Claims",
     "HubLimits",
     "HubStats",
+    "Listener",
     "RealtimeHub",
     "TokenVerifier",
     "allow_all",

@@ -9,14 +9,20 @@ subscriber's connection an encoded frame, and a connection whose queue is full d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from velocity.realtime.auth import Claims
 from velocity.realtime.frames import PRESENCE_DIFF, TOPIC_PREFIX, Broadcast, Frame
 from velocity.realtime.presence import Meta, Presence, PresenceDiff
 from velocity.realtime.serializers import Serializer
+
+logger = logging.getLogger(__name__)
+
+Listener: TypeAlias = Callable[[str, Any], None]
+"""Called with ``(event, payload)`` of a broadcast; ``payload`` is a JSON value, or ``bytes``."""
 
 
 class Peer(Protocol):
@@ -51,10 +57,38 @@ class Subscription:
         self.peer.push(self.peer.serializer.encode(frame))
 
 
+class Taps:
+    """Listeners inside the server process: each sees every broadcast on its topic, public or private,
+    inline and in order, without a connection or a queue. They must not block."""
+
+    def __init__(self) -> None:
+        self._by_topic: dict[str, list[Listener]] = {}
+
+    def add(self, topic: str, listener: Listener) -> Callable[[], None]:
+        self._by_topic.setdefault(topic, []).append(listener)
+
+        def remove() -> None:
+            listeners = self._by_topic.get(topic, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._by_topic.pop(topic, None)
+
+        return remove
+
+    def notify(self, topic: str, broadcast: Broadcast) -> None:
+        for listener in list(self._by_topic.get(topic, ())):
+            try:
+                listener(broadcast.event, broadcast.payload)
+            except Exception:
+                logger.exception("realtime: a listener of %s failed", topic)
+
+
 class Channel:
-    def __init__(self, topic: str, private: bool) -> None:
+    def __init__(self, topic: str, private: bool, taps: Taps | None = None) -> None:
         self.topic = topic
         self.private = private
+        self._taps = taps
         self.wire_topic = TOPIC_PREFIX + topic
         self.presence = Presence()
         # A dict keeps subscribers in join order, which keeps delivery order stable in tests and logs.
@@ -74,6 +108,8 @@ class Channel:
 
     def fan_out(self, broadcast: Broadcast, sender: Subscription | None = None) -> int:
         """Deliver to every subscriber (the sender only if it joined with ``self``); return how many."""
+        if self._taps is not None:
+            self._taps.notify(self.topic, broadcast)
         delivered = 0
         for subscription in self:
             if subscription is sender and not subscription.echo_self:
@@ -111,6 +147,7 @@ class Channels:
 
     def __init__(self) -> None:
         self._channels: dict[tuple[str, bool], Channel] = {}
+        self.taps = Taps()
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -124,7 +161,7 @@ class Channels:
     def join(self, topic: str, private: bool) -> Channel:
         channel = self._channels.get((topic, private))
         if channel is None:
-            channel = self._channels[(topic, private)] = Channel(topic, private)
+            channel = self._channels[(topic, private)] = Channel(topic, private, self.taps)
         return channel
 
     def leave(self, subscription: Subscription) -> None:

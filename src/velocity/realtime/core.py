@@ -79,10 +79,12 @@ class HubCore:
         clients only, as Supabase Realtime does).
         """
         self.counters.broadcasts += 1
+        broadcast = Broadcast(event=event, payload=payload, meta=meta)
         channel = self.channels.get(topic, private)
         if channel is None:
+            self.channels.taps.notify(topic, broadcast)
             return 0
-        return channel.fan_out(Broadcast(event=event, payload=payload, meta=meta))
+        return channel.fan_out(broadcast)
 
     def stats(self) -> HubStats:
         c = self.counters

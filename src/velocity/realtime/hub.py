@@ -2,6 +2,7 @@
 
     hub = RealtimeHub(verifier)          # verifier: token -> claims, or raises Unauthorized
     app.mount("/realtime/v1", hub.app)   # GET /websocket, POST /api/broadcast[/{topic}/events/{event}]
+    hub.listen("preview:p1", listener)   # server-side: listener(event, payload) for each broadcast
     ...
     await hub.close()                    # in the orchestrator's shutdown
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,6 +25,7 @@ from starlette.websockets import WebSocket
 from velocity.clock import Clock, SystemClock
 from velocity.domain.errors import Unauthorized
 from velocity.realtime.auth import ChannelAuthorizer, TokenVerifier, allow_all
+from velocity.realtime.channels import Listener
 from velocity.realtime.connection import GOING_AWAY, Connection
 from velocity.realtime.core import HubCore, HubLimits, HubStats
 from velocity.realtime.rest import BroadcastEndpoints
@@ -65,6 +68,12 @@ class RealtimeHub:
     def publish(self, topic: str, event: str, payload: Any, *, private: bool = False) -> int:
         """Broadcast from the server to ``topic`` (e.g. ``preview:proj-1``); return how many received it."""
         return self._core.publish(topic, event, payload, private=private)
+
+    def listen(self, topic: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event, payload)`` for every broadcast on ``topic``, public or private, from
+        clients or ``publish``; inline, in order, until the returned function is called. The
+        orchestrator's event streams follow the agents' ``status`` and ``log`` this way."""
+        return self._core.channels.taps.add(topic, listener)
 
     def stats(self) -> HubStats:
         return self._core.stats()

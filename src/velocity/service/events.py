@@ -10,14 +10,12 @@ ends once the preview has stopped or failed and its last state change has been s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 from velocity.auth import Caller
-from velocity.domain import Preview
 from velocity.realtime.contract import LOG, STATUS, preview_topic
 from velocity.service.previews import PreviewService
 
@@ -42,6 +40,7 @@ class StreamEvent:
 @dataclass(eq=False, slots=True)
 class _Feed:
     queue: asyncio.Queue[StreamEvent | None] = field(default_factory=asyncio.Queue)  # None: the end
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # the reader has gone
     dropped: int = 0
 
 
@@ -52,12 +51,15 @@ class PreviewEvents:
         self._previews = previews
         self._listen = listen
         self._keepalive = keepalive
-        self._feeds: set[_Feed] = set()
+        self._watchers: dict[_Feed, asyncio.Task[None]] = {}
 
-    def close(self) -> None:
-        """End every open stream (the orchestrator is stopping)."""
-        for feed in self._feeds:
+    async def aclose(self) -> None:
+        """End every open stream and wait for their watchers (the orchestrator is stopping)."""
+        for feed in self._watchers:
+            feed.stop.set()
             feed.queue.put_nowait(None)
+        if self._watchers:
+            await asyncio.wait(list(self._watchers.values()), timeout=5)
 
     async def stream(
         self, caller: Caller, preview_id: str, *, after_id: int = 0
@@ -65,9 +67,12 @@ class PreviewEvents:
         """The events of the caller's preview after store event ``after_id``; ``None`` is a keepalive."""
         preview = await self._previews.get(caller, preview_id)
         feed = _Feed()
-        self._feeds.add(feed)
         unlisten = None
+        # The watcher reads the store, so it is never cancelled (see ``PreviewService.changes``): told
+        # to stop, it ends at its next wait. The reader below only waits, and may be cancelled.
         watcher = asyncio.create_task(self._states(caller, preview_id, after_id, feed))
+        self._watchers[feed] = watcher
+        watcher.add_done_callback(lambda _: self._watchers.pop(feed, None))
         try:
             if self._listen is not None:
                 unlisten = self._listen(preview_topic(preview.project_id), _agent_messages(preview_id, feed))
@@ -82,22 +87,22 @@ class PreviewEvents:
                     return
                 yield item
         finally:
-            self._feeds.discard(feed)
+            feed.stop.set()
             if unlisten is not None:
                 unlisten()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
 
     async def _states(self, caller: Caller, preview_id: str, after_id: int, feed: _Feed) -> None:
         try:
-            await self._follow(caller, preview_id, after_id, feed)
+            with self._previews.changes(preview_id) as changed:
+                await self._follow(caller, preview_id, after_id, feed, changed)
         finally:
             feed.queue.put_nowait(None)  # whatever ended the watch (an error too) ends the stream
 
-    async def _follow(self, caller: Caller, preview_id: str, after_id: int, feed: _Feed) -> None:
-        last = after_id
-        while True:
+    async def _follow(
+        self, caller: Caller, preview_id: str, last: int, feed: _Feed, changed: asyncio.Event
+    ) -> None:
+        while not feed.stop.is_set():
+            changed.clear()  # before the reads: a change made while they run is seen by the wait
             current = await self._previews.get(caller, preview_id)
             for event_id, event in await self._previews.events(caller, preview_id, after_id=last):
                 last = event_id
@@ -105,13 +110,14 @@ class PreviewEvents:
                 feed.queue.put_nowait(StreamEvent("state", data, id=event_id))
             if not current.is_live:
                 return
-            # Returns at once if anything changed since ``current`` was read; the timeout re-reads
-            # the store now and then in case a change was made by another process.
-            await self._previews.wait_for(preview_id, _changed_from(current), timeout=self._keepalive * 4)
-
-
-def _changed_from(seen: Preview) -> Callable[[Preview], bool]:
-    return lambda preview: (preview.state, preview.updated_at) != (seen.state, seen.updated_at)
+            # The timeout re-reads the store now and then, for a change made by another process.
+            waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(feed.stop.wait())]
+            try:
+                await asyncio.wait(waits, timeout=self._keepalive * 4, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
 
 
 def _agent_messages(preview_id: str, feed: _Feed) -> Listener:

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import secrets
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -232,6 +232,21 @@ class PreviewService:
                         changed.clear()
                         preview = await self._store.get_preview(preview_id)
             return preview
+        finally:
+            waiters.discard(changed)
+            if not waiters:
+                self._waiters.pop(preview_id, None)
+
+    @contextlib.contextmanager
+    def changes(self, preview_id: str) -> Iterator[asyncio.Event]:
+        """An event set on every change this service makes to ``preview_id`` (the holder clears it).
+        Waiting on it reads nothing, so a waiter may be cancelled at any point: a read cancelled
+        half-way makes SQLAlchemy leave a connection-closing task behind."""
+        changed = asyncio.Event()
+        waiters = self._waiters.setdefault(preview_id, set())
+        waiters.add(changed)
+        try:
+            yield changed
         finally:
             waiters.discard(changed)
             if not waiters:

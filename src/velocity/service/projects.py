@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from velocity.auth import Caller
@@ -43,7 +44,8 @@ class ProjectService:
             existing = None
         if existing is not None and existing.owner_id != caller.subject:
             raise Forbidden(f"project {project_id} belongs to another user; choose another id")
-        snapshot = read_snapshot(archive, max_bytes=self._max_bytes)
+        # In a thread: checking a large tarball takes a while, and the event loop serves everyone.
+        snapshot = await asyncio.to_thread(read_snapshot, archive, max_bytes=self._max_bytes)
         self._files.save(project_id, snapshot.data)
         now = self._clock.now()
         return await self._store.save_project(

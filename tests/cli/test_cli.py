@@ -1,0 +1,46 @@
+"""The ``velocity`` command as people meet it: one entry point for the orchestrator and the Fly tools."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from velocity.cli.main import app
+
+COMMANDS = (
+    "up",
+    "serve",
+    "token",
+    "projects",
+    "previews",
+    "smoke-test",
+    "doctor",
+    "machines",
+    "fly-emulator",
+)
+
+
+def test_help_lists_the_orchestrator_and_the_fly_commands() -> None:
+    """``velocity --help`` names every top-level command, the mounted Fly ones included."""
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = {name for name in COMMANDS if re.search(rf"^\W?\s+{re.escape(name)}\s", result.output, re.M)}
+    assert listed == set(COMMANDS), result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["fly-emulator", "--help"], "--backend"),
+        (["smoke-test", "--help"], "--timeout"),
+        (["doctor", "--help"], "how to fix"),
+        (["machines", "stuck", "--help"], "--older-than"),
+    ],
+)
+def test_the_fly_commands_answer_under_the_main_command(argv: list[str], says: str) -> None:
+    """Each Fly command is reachable as ``velocity <command>`` with its own options."""
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert says in result.output
