@@ -1,6 +1,6 @@
 """A real Vite project through the agent: launched from its entry file, pages and HMR through the proxy.
 
-Needs the repository's Vite example with its node_modules installed; it is skipped otherwise. The
+Needs the repository's Vite example with its node_modules installed (``make setup`` does). The
 node_modules are hard-linked into the workspace first, as a provider with a warm copy does, so the
 install runs offline. The orchestrator's end-to-end tests cover Vite inside a sandbox.
 """
