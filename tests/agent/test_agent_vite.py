@@ -34,10 +34,11 @@ def _vite_is_cached() -> bool:
     )
 
 
-pytestmark = pytest.mark.skipif(
-    not (EXAMPLE / "package-lock.json").is_file() or not _vite_is_cached(),
-    reason="needs examples/react-vite and Vite in ~/.npm",
-)
+@pytest.fixture(autouse=True)
+def _example_is_built() -> None:
+    """The example and its dependencies come from ``make setup``; without them this is a failure."""
+    assert _vite_is_cached(), "Vite is not in the npm cache: run `make setup`"
+    assert (EXAMPLE / "node_modules").is_dir(), "examples/react-vite is not built: run `make setup`"
 
 
 def _example_files() -> dict[str, bytes]:
