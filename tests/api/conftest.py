@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import ASGIApp
 
 from tests.service.world import Agents
 from velocity.providers.fake import FakeProvider
@@ -30,9 +32,9 @@ class Orchestrator:
         return {"Authorization": f"Bearer {self.token(user)}"}
 
 
-@pytest.fixture
-async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
-    settings = Settings(velocity_data_dir=tmp_path, max_request_body_bytes=4096, _env_file=None)  # type: ignore[call-arg]
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[tuple[Orchestrator, ASGIApp]]:
+    """An orchestrator on ``settings`` served over ASGI, with its JWKS fetched through the app itself."""
     provider = FakeProvider()
     agents = Agents()
     clients: list[httpx.AsyncClient] = []
@@ -48,8 +50,17 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
         agents=AgentClient(httpx.MockTransport(agents.handle)),
         jwks_fetch=jwks_from_the_app,
     )
-    transport = httpx.ASGITransport(app=runtime.asgi())
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+    app = runtime.asgi()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000"
+    ) as client:
         clients.append(client)
-        yield Orchestrator(runtime, client, provider, agents)
+        yield Orchestrator(runtime, client, provider, agents), app
     await runtime.close(stop_previews=True)
+
+
+@pytest.fixture
+async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
+    settings = Settings(velocity_data_dir=tmp_path, max_request_body_bytes=4096, _env_file=None)  # type: ignore[call-arg]
+    async with in_process(settings) as (made, _app):
+        yield made

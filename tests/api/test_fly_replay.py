@@ -13,10 +13,9 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from tests.service.world import Agents
+from tests.api.conftest import in_process
 from velocity.providers.fake import FakeProvider
 from velocity.runtime import Runtime
-from velocity.service import AgentClient
 from velocity.settings import Settings
 
 PREVIEW_APP = "velocity-preview-containers"
@@ -68,25 +67,8 @@ async def on_fly(tmp_path: Path) -> AsyncIterator[OnFly]:
         fly_agent_route="private-network",
         _env_file=None,  # type: ignore[call-arg]
     )
-    provider = FakeProvider()
-    clients: list[httpx.AsyncClient] = []
-
-    async def jwks_from_the_app() -> dict[str, object]:
-        document: dict[str, object] = (await clients[0].get("/auth/v1/.well-known/jwks.json")).json()
-        return document
-
-    runtime = await Runtime.open(
-        settings,
-        provider=provider,
-        agents=AgentClient(httpx.MockTransport(Agents().handle)),
-        jwks_fetch=jwks_from_the_app,
-    )
-    app = runtime.asgi()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
-        clients.append(client)
-        yield OnFly(runtime, app, client, provider)
-    await runtime.close(stop_previews=True)
+    async with in_process(settings) as (made, app):
+        yield OnFly(made.runtime, app, made.client, made.provider)
 
 
 def host(preview_id: str) -> dict[str, str]:

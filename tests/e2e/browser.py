@@ -6,7 +6,7 @@ import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which this
 # machine's closed network refuses.
@@ -32,3 +32,14 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def open_app(browser: Browser, access_url: str) -> tuple[Page, list[int]]:
+    """Open a preview by its signed link and wait for the example's heading; the list grows by one
+    on every page load, so a test can tell a hot reload from a reload."""
+    page = await browser.new_page()
+    loads: list[int] = []
+    page.on("load", lambda _: loads.append(1))
+    await page.goto(access_url)  # signs the browser in, then lands on the app
+    await page.locator("h1").filter(has_text="Hello from Velocity").wait_for(timeout=15_000)
+    return page, loads

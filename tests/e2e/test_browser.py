@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.browser import chromium
+from tests.e2e.browser import chromium, open_app
 from tests.e2e.harness import EXAMPLE, Live
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -17,12 +17,8 @@ async def test_the_preview_url_shows_the_app_and_hot_reloads_an_edit(live: Live)
     ready = await live.settled(preview["id"])
     assert ready["state"] == "ready", ready["failure_reason"]
     async with chromium() as browser:
-        page = await browser.new_page()
-        loads = []
-        page.on("load", lambda _: loads.append(1))
-        await page.goto(ready["access_url"])  # signs the browser in, then lands on the app
+        page, loads = await open_app(browser, ready["access_url"])
         heading = page.locator("h1")
-        await heading.filter(has_text="Hello from Velocity").wait_for(timeout=15_000)
         await page.get_by_role("button").click()
         await page.get_by_role("button", name="Count is 1").wait_for()
         source = live.settings.data_dir / "sandboxes" / ready["machine_id"] / "workspace" / "src" / "App.jsx"

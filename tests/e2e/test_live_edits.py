@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.browser import chromium
+from tests.e2e.browser import chromium, open_app
 from tests.e2e.harness import EXAMPLE, Live
 from tests.realtime.realtime_clients import JS_DIR, JsClient, eventually
 from velocity.projects import archive_files
@@ -105,12 +105,8 @@ async def test_an_edit_broadcast_from_supabase_js_updates_the_page_without_a_rel
         )
         assert status["payload"]["state"] == "ready"
         async with chromium() as browser:
-            page = await browser.new_page()
-            loads = []
-            page.on("load", lambda _: loads.append(1))
-            await page.goto(ready["access_url"])  # signs the browser in, then lands on the app
+            page, loads = await open_app(browser, ready["access_url"])
             heading = page.locator("h1")
-            await heading.filter(has_text="Hello from Velocity").wait_for(timeout=15_000)
             await page.get_by_role("button").click()
             source = (
                 (EXAMPLE / "src" / "App.jsx")
