@@ -35,4 +35,5 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VELOCITY_PORT', '8000'), timeout=2)"]
-CMD ["velocity", "serve"]
+# Previews outlive the SIGTERM of a deploy; the next orchestrator adopts them (docs/deploy-fly.md).
+CMD ["velocity", "serve", "--keep-previews"]

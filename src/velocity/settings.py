@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     )
     local_npm_cache_dir: Path | None = Field(
         None,
-        description="LOCAL_NPM_CACHE_DIR: npm cache shared by local sandboxes; data dir's cache/npm when unset",
+        description="LOCAL_NPM_CACHE_DIR: where local sandboxes' npm caches live, one per user; data dir's cache/npm when unset",
     )
     local_modules_cache_dir: Path | None = Field(
         None,

@@ -10,16 +10,20 @@ from tests.agent.harness import AgentFactory, SnapshotServer, project_files, tar
 from tests.proxy.harness import free_port
 
 
-async def test_without_a_socket_the_agent_serves_tcp_on_port(start_agent: AgentFactory) -> None:
-    """With AGENT_SOCKET unset the agent listens on 0.0.0.0:$PORT, and AGENT_DEV_PORT fixes the dev port."""
+async def test_without_a_socket_the_agent_serves_tcp_on_port_over_ipv6_and_ipv4(
+    start_agent: AgentFactory,
+) -> None:
+    """With AGENT_SOCKET unset the agent listens on [::]:$PORT for both families: Fly's private network
+    reaches it over IPv6 only (``<id>.vm.<app>.internal`` has only an AAAA record), Fly's proxy over
+    IPv4. AGENT_DEV_PORT fixes the dev port."""
     port, dev_port = free_port(), free_port()
     async with start_agent(AGENT_SOCKET=None, PORT=str(port), AGENT_DEV_PORT=str(dev_port)) as agent:
         await agent.serving()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False
-        ) as client:
-            body = (await client.get("/health?wait=ready&timeout=60")).json()
-            page = await client.get("/")
+        async with httpx.AsyncClient(base_url=f"http://[::1]:{port}", timeout=60, trust_env=False) as v6:
+            body = (await v6.get("/health?wait=ready&timeout=60")).json()
+            page = await v6.get("/")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as v4:
+            assert (await v4.get("/health")).json()["state"] == "ready"
     assert body["state"] == "ready"
     assert body["dev_server"]["port"] == dev_port
     assert "hello from server.js" in page.text

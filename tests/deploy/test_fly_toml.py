@@ -7,13 +7,15 @@ kept in the repository so that the suite runs wherever the repository is cloned.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
-from tests.deploy.deploy_files import PREVIEW_TEMPLATE, ROOT, fly_toml, project_files
+from tests.deploy.deploy_files import ORCHESTRATOR_APP, PREVIEW_TEMPLATE, ROOT, fly_toml, project_files
 from velocity.deploy import FORBIDDEN_ENV, AutoStop, load_machine_template
+from velocity.settings import ProviderKind, load_settings
 
 FLY_TOMLS = project_files("fly.toml")
 SCHEMA = json.loads((Path(__file__).parent / "fly-toml.schema.json").read_text(encoding="utf-8"))
@@ -78,3 +80,45 @@ def test_the_schema_rejects_the_seed_s_boolean_auto_stop() -> None:
     """The validation really checks: ``auto_stop_machines = true`` is no longer a valid value."""
     errors = list(Draft7Validator(SCHEMA).iter_errors({"services": [{"auto_stop_machines": True}]}))
     assert errors
+
+
+# What Fly sets in every machine's environment (fly.io/docs/machines/runtime-environment), beside the
+# app's [env] and its secrets.
+FLY_RUNTIME_ENV = {
+    "FLY_APP_NAME": "velocity-orchestrator",
+    "FLY_MACHINE_ID": "148ed193b95089",
+    "FLY_ALLOC_ID": "148ed193b95089",
+    "FLY_REGION": "ord",
+    "PRIMARY_REGION": "ord",
+    "FLY_PUBLIC_IP": "2a09:8280:1::a:b",
+    "FLY_PRIVATE_IP": "fdaa:0:1a2b:a7b:1f6:148e:d193:2",
+    "FLY_IMAGE_REF": "registry.fly.io/velocity-orchestrator:deployment-01J",
+    "FLY_MACHINE_VERSION": "01JABCDEF",
+    "FLY_PROCESS_GROUP": "app",
+    "FLY_VM_MEMORY_MB": "512",
+}
+FLY_SECRETS = {
+    "FLY_API_TOKEN": "FlyV1 fm2_secret",
+    "DATABASE_URL": "postgresql://velocity:pw@velocity-db.flycast:5432/velocity",
+    "SUPABASE_URL": "https://abc.supabase.co",
+    "SUPABASE_ANON_KEY": "anon",
+    "SUPABASE_JWT_SECRET": "x" * 40,
+}
+
+
+def test_the_orchestrator_s_settings_load_as_fly_starts_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The root fly.toml's [env], Fly's runtime variables and the documented secrets make valid settings,
+    with preview machines going to the preview app, not to the orchestrator's own."""
+    for name in list(os.environ):
+        if name.startswith(("FLY_", "VELOCITY_", "PREVIEW_", "CONTAINER_", "SUPABASE_", "DATABASE_")):
+            monkeypatch.delenv(name)
+    env = {k: str(v) for k, v in fly_toml(ORCHESTRATOR_APP)["env"].items()}
+    for name, value in {**env, **FLY_RUNTIME_ENV, **FLY_SECRETS}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no .env file of this checkout
+    settings = load_settings()
+    assert settings.preview_provider is ProviderKind.FLY
+    assert settings.fly_app_name == "velocity-preview-containers"
+    assert settings.fly_machine_id == FLY_RUNTIME_ENV["FLY_MACHINE_ID"]

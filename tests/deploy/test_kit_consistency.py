@@ -236,6 +236,23 @@ def test_the_image_starts_the_agent_the_way_the_local_sandbox_does() -> None:
     assert importlib.util.find_spec(cmd[2] + ".__main__") is not None
 
 
+def test_a_deploy_keeps_the_previews_running() -> None:
+    """Until leader election lands, the kit deploys one orchestrator machine (``fly deploy`` makes two by
+    default: two reapers and reconcilers on one database), and the image's ``serve`` leaves previews
+    running on the SIGTERM every deploy sends, for the next machine to adopt."""
+    assert exec_form(ORCHESTRATOR_DOCKERFILE, "CMD") == ["velocity", "serve", "--keep-previews"]
+    guide_commands = re.findall(r"^```bash\n(.*?)^```", GUIDE.read_text(encoding="utf-8"), re.M | re.S)
+    deploys = [
+        line
+        for text in (run_scripts(DEPLOY_WORKFLOW), *guide_commands)
+        for line in text.splitlines()
+        if re.match(r"\s*(fly|flyctl) deploy\b", line)
+    ]
+    assert deploys
+    for line in deploys:
+        assert "--ha=false" in line, line
+
+
 def test_user_code_runs_as_an_unprivileged_user() -> None:
     """Both images end as a numeric, non-root user."""
     for dockerfile in (PREVIEW_DOCKERFILE, ORCHESTRATOR_DOCKERFILE):

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
@@ -73,6 +74,29 @@ class Live:
         await self.running.runtime.previews.ended(preview_id, timeout=timeout)
         body: dict[str, Any] = (await self.api.get(f"/v1/previews/{preview_id}")).json()
         return body
+
+    async def started(self, directory: Path, project_id: str) -> dict[str, Any]:
+        """Import ``directory`` as ``project_id`` and return its preview once ready."""
+        await self.import_project(directory, project_id)
+        ready = await self.settled((await self.create(project_id))["id"])
+        assert ready["state"] == "ready", ready["failure_reason"]
+        return ready
+
+    async def ask(self, preview_id: str, endpoint: str, **query: Any) -> dict[str, Any]:
+        """GET ``endpoint`` of a test project's dev server (it answers JSON) and return the answer."""
+        response = await self.fetch(preview_id, f"{endpoint}?{urlencode(query)}" if query else endpoint)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    @asynccontextmanager
+    async def as_user(self, user_id: str) -> AsyncIterator[Live]:
+        """The same orchestrator, seen by another user."""
+        token = self.running.runtime.issuer.mint_user(user_id)
+        async with httpx.AsyncClient(
+            base_url=str(self.api.base_url), headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as api:
+            yield Live(self.running, api, token)
 
     def host(self, preview_id: str) -> str:
         return f"{preview_id}.{self.settings.preview_domain}:{self.port}"

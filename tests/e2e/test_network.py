@@ -20,11 +20,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
 from tests.e2e.harness import EXAMPLE, PROJECTS, Live, live_orchestrator, modules_cache
+from velocity.providers.local.provider import agent_socket
 
 pytestmark = pytest.mark.e2e
 
@@ -71,24 +71,13 @@ async def loopback_servers(*hosts: str) -> AsyncIterator[list[Server]]:
             await listening.wait_closed()
 
 
-async def probe(live: Live, preview_id: str, endpoint: str, **query: Any) -> dict[str, Any]:
-    """Ask the preview's dev server to try something from inside its sandbox."""
-    response = await live.fetch(preview_id, f"{endpoint}?{urlencode(query)}" if query else endpoint)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
 async def started(live: Live, project_id: str) -> dict[str, Any]:
-    await live.import_project(NETPROBE, project_id)
-    ready = await live.settled((await live.create(project_id))["id"])
-    assert ready["state"] == "ready", ready["failure_reason"]
-    return ready
+    return await live.started(NETPROBE, project_id)
 
 
 async def isolated(live: Live, preview_id: str) -> dict[str, Any]:
     """The guard before any attack: a network namespace of the sandbox's own, with loopback only."""
-    me = await probe(live, preview_id, "/whoami")
+    me = await live.ask(preview_id, "/whoami")
     assert me["netns"] != os.readlink("/proc/self/ns/net"), "the sandbox shares the host's network"
     assert me["interfaces"] == ["lo"]
     assert me["proxy"] == "http://127.0.0.1:3128"
@@ -127,50 +116,50 @@ async def attack_from_a_sandbox(
             # Direct connections: nothing but the sandbox's own loopback exists.
             for host, port in [("127.0.0.1", api), ("127.0.0.1", host_port.port), ("127.0.0.2", listed.port),
                                ("127.0.0.3", unlisted.port)]:  # fmt: skip
-                assert (await probe(live, pid, "/tcp", host=host, port=port))["error"] == "ECONNREFUSED", host
-            assert (await probe(live, pid, "/tcp", host="169.254.169.254", port=80))["error"] == "ENETUNREACH"
-            assert (await probe(live, pid, "/unix", path="@" + abstract_name))["error"] == "ECONNREFUSED"
-            assert (await probe(live, pid, "/udp", host="127.0.0.1", port=udp.getsockname()[1]))["ok"]
+                assert (await live.ask(pid, "/tcp", host=host, port=port))["error"] == "ECONNREFUSED", host
+            assert (await live.ask(pid, "/tcp", host="169.254.169.254", port=80))["error"] == "ENETUNREACH"
+            assert (await live.ask(pid, "/unix", path="@" + abstract_name))["error"] == "ECONNREFUSED"
+            assert (await live.ask(pid, "/udp", host="127.0.0.1", port=udp.getsockname()[1]))["ok"]
 
             # Through the egress proxy: refused with a reason, nothing dialled.
             api_url = f"http://127.0.0.1:{api}/v1/previews"
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-http", url=api_url), f"127.0.0.1:{api} is not on"
+                await live.ask(pid, "/proxy-http", url=api_url), f"127.0.0.1:{api} is not on"
             )
-            assert refused_by_proxy(await probe(live, pid, "/proxy-connect", host="127.0.0.1", port=api))
+            assert refused_by_proxy(await live.ask(pid, "/proxy-connect", host="127.0.0.1", port=api))
             internal_api = f"http://{ORCHESTRATOR}/v1/previews"
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-http", url=internal_api), "not open to previews"
+                await live.ask(pid, "/proxy-http", url=internal_api), "not open to previews"
             )
             other_snapshot = f"http://{ORCHESTRATOR}/v1/projects/someone-elses/snapshot"
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-http", url=other_snapshot), "not open to previews"
+                await live.ask(pid, "/proxy-http", url=other_snapshot), "not open to previews"
             )
             metadata = "http://169.254.169.254/latest/meta-data/"
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-http", url=metadata),
+                await live.ask(pid, "/proxy-http", url=metadata),
                 "169.254.169.254:80",
                 "PREVIEW_EGRESS_ALLOWLIST",
             )
-            assert refused_by_proxy(await probe(live, pid, "/proxy-connect", host="169.254.169.254", port=80))
+            assert refused_by_proxy(await live.ask(pid, "/proxy-connect", host="169.254.169.254", port=80))
             unlisted_url = f"http://127.0.0.3:{unlisted.port}/"
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-http", url=unlisted_url),
+                await live.ask(pid, "/proxy-http", url=unlisted_url),
                 f"127.0.0.3:{unlisted.port} is not on the egress allowlist",
                 "PREVIEW_EGRESS_ALLOWLIST",
             )
             assert refused_by_proxy(
-                await probe(live, pid, "/proxy-connect", host="localhost", port=host_port.port),
+                await live.ask(pid, "/proxy-connect", host="localhost", port=host_port.port),
                 "localhost resolves to 127.0.0.1, a loopback address",
             )
 
             # The allowlist and the preview's own snapshot pass.
-            plain = await probe(live, pid, "/proxy-http", url=f"http://127.0.0.2:{listed.port}/")
+            plain = await live.ask(pid, "/proxy-http", url=f"http://127.0.0.2:{listed.port}/")
             assert (plain["status"], plain["body"]) == (200, "hello from 127.0.0.2")
-            tunnel = await probe(live, pid, "/proxy-connect", host="127.0.0.2", port=listed.port)
+            tunnel = await live.ask(pid, "/proxy-connect", host="127.0.0.2", port=listed.port)
             assert tunnel["status"] == 200 and tunnel["inner"].endswith("hello from 127.0.0.2")
-            own = await probe(
-                live, pid, "/proxy-http", url=f"http://{ORCHESTRATOR}/v1/projects/netprobe/snapshot"
+            own = await live.ask(
+                pid, "/proxy-http", url=f"http://{ORCHESTRATOR}/v1/projects/netprobe/snapshot"
             )
             assert own["status"] == 401, "past the proxy; the orchestrator wants the agent's token"
 
@@ -191,20 +180,20 @@ async def test_a_preview_cannot_reach_another_preview(npm_cache: Path) -> None:
         assert me["netns"] != other["netns"]
 
         # Port 5173 in a's namespace is a's own dev server, never b's.
-        seen = await probe(live, a["id"], "/http", host="127.0.0.1", port=5173, path="/whoami")
+        seen = await live.ask(a["id"], "/http", host="127.0.0.1", port=5173, path="/whoami")
         assert '"project":"probe-a"' in seen["body"]
-        b_socket = live.settings.data_dir / "sandboxes" / b["machine_id"] / "run" / "agent.sock"
+        b_socket = agent_socket(live.settings.data_dir / "sandboxes" / b["machine_id"])
         assert b_socket.exists()
-        assert (await probe(live, a["id"], "/unix", path=str(b_socket)))["error"] == "ENOENT"
+        assert (await live.ask(a["id"], "/unix", path=str(b_socket)))["error"] == "ENOENT"
         b_snapshot = f"http://{ORCHESTRATOR}/v1/projects/probe-b/snapshot"
         assert refused_by_proxy(
-            await probe(live, a["id"], "/proxy-http", url=b_snapshot), "not open to previews"
+            await live.ask(a["id"], "/proxy-http", url=b_snapshot), "not open to previews"
         )
         b_url = f"http://{b['id']}.{live.settings.preview_domain}:{live.port}/whoami"
         assert refused_by_proxy(
-            await probe(live, a["id"], "/proxy-http", url=b_url), "is not on the egress allowlist"
+            await live.ask(a["id"], "/proxy-http", url=b_url), "is not on the egress allowlist"
         )
-        assert refused_by_proxy(await probe(live, a["id"], "/proxy-http", url="http://127.0.0.1:5173/whoami"))
+        assert refused_by_proxy(await live.ask(a["id"], "/proxy-http", url="http://127.0.0.1:5173/whoami"))
 
 
 async def test_npm_ci_of_the_example_installs_through_the_egress_proxy(
@@ -240,9 +229,7 @@ async def test_an_adopted_sandbox_gets_its_way_out_back_after_a_restart(npm_cach
             async with live_orchestrator(npm_cache=npm_cache, data=data, **overrides) as second:
                 await second.running.runtime.previews.reconcile()
                 await isolated(second, ready["id"])
-                again = await probe(
-                    second, ready["id"], "/proxy-http", url=f"http://127.0.0.2:{listed.port}/"
-                )
+                again = await second.ask(ready["id"], "/proxy-http", url=f"http://127.0.0.2:{listed.port}/")
                 assert (again["status"], again["body"]) == (200, "hello from 127.0.0.2")
     finally:
         shutil.rmtree(data, ignore_errors=True)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.e2e.harness import EXAMPLE, EmulatedFly, Live, emulated_fly, live_orchestrator
 from velocity.emulator.faults import Faults
+from velocity.providers.local.provider import agent_socket
 
 pytestmark = pytest.mark.e2e
 
@@ -214,7 +215,7 @@ async def test_no_secret_shows_in_a_sandbox_a_log_an_answer_or_an_error(
     scan_machine(scan, home, data_dir=live.settings.data_dir)
 
     # The agent, over its socket, and the preview through the router.
-    transport = httpx.AsyncHTTPTransport(uds=str(home / "run" / "agent.sock"))
+    transport = httpx.AsyncHTTPTransport(uds=str(agent_socket(home)))
     async with httpx.AsyncClient(transport=transport, base_url="http://agent") as agent_client:
         for path in ("/health", "/__velocity/logs?tail=2000"):
             scan.response(f"agent {path}", await agent_client.get(path))

@@ -8,10 +8,12 @@ AGENT_TOKEN            sent as ``Authorization: Bearer`` when fetching the snaps
                        to the dev server
 WORKSPACE              directory the project is written into (created if missing); default: the
                        current directory
+AGENT_LISTEN_FD        serve HTTP on this inherited, listening socket (a local sandbox's: the host
+                       binds it where the sandbox cannot see or replace it)
 AGENT_SOCKET           serve HTTP on this unix socket path instead of TCP
 CONTAINER_INTERNAL_PORT, PORT
-                       the TCP port on 0.0.0.0 when AGENT_SOCKET is unset (first one set wins;
-                       default 8080)
+                       the TCP port on [::] (IPv6 and IPv4, as Fly's private network and its proxy
+                       need) when neither of the above is set (first one set wins; default 8080)
 AGENT_DEV_PORT         the dev server's port on 127.0.0.1; default: a free port, since local sandboxes
                        share the host's network and fixed ports would collide
 AGENT_LINGER_SECONDS   how long a failed agent keeps answering ``/health`` before exiting, so that a
@@ -42,6 +44,7 @@ class AgentConfig:
     token: str | None
     workspace: Path
     socket: str | None
+    listen_fd: int | None
     port: int
     dev_port: int | None
     linger_seconds: float
@@ -63,6 +66,7 @@ class AgentConfig:
             raise ConfigError(
                 f"AGENT_SOCKET is longer than {_MAX_SOCKET_PATH} bytes, the limit of a unix socket path"
             )
+        listen_fd = _listen_fd(env)
         port_name = next(
             (name for name in ("CONTAINER_INTERNAL_PORT", "PORT") if env.get(name, "").strip()), None
         )
@@ -74,6 +78,7 @@ class AgentConfig:
             token=env.get("AGENT_TOKEN") or None,
             workspace=Path(env.get("WORKSPACE") or os.getcwd()).absolute(),
             socket=socket,
+            listen_fd=listen_fd,
             port=port,
             dev_port=dev_port,
             linger_seconds=_seconds(env, "AGENT_LINGER_SECONDS", DEFAULT_LINGER_SECONDS),
@@ -90,7 +95,18 @@ class AgentConfig:
 
     @property
     def listen_on(self) -> str:
-        return f"unix:{self.socket}" if self.socket else f"http://0.0.0.0:{self.port}"
+        if self.listen_fd is not None:
+            return f"inherited socket (fd {self.listen_fd})"
+        return f"unix:{self.socket}" if self.socket else f"http://[::]:{self.port}"
+
+
+def _listen_fd(env: Mapping[str, str]) -> int | None:
+    raw = env.get("AGENT_LISTEN_FD", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 3:
+        raise ConfigError(f"AGENT_LISTEN_FD must be the number of an inherited file descriptor, not {raw!r}")
+    return int(raw)
 
 
 def _port(env: Mapping[str, str], name: str) -> int:

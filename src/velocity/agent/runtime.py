@@ -50,7 +50,7 @@ async def run(
     from velocity.agent.server import AgentServer  # the web stack, while npm runs
 
     app = AgentApp(status, logs)
-    server = AgentServer(app, socket_path=config.socket, port=config.port)
+    server = AgentServer(app, socket_path=config.socket, port=config.port, listen_fd=config.listen_fd)
     try:
         await server.start()
     except PreviewError as exc:

@@ -31,17 +31,44 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listen(path: str | None, port: int) -> socket.socket:
-    """Bind here rather than in uvicorn, which would exit the process on a bind error."""
-    if path is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+def _inherited(fd: int) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise AgentError(f"AGENT_LISTEN_FD {fd} is not an open socket: {exc}") from exc
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0:
+        raise AgentError(f"AGENT_LISTEN_FD {fd} is a socket that is not listening")
+    sock.set_inheritable(False)  # nothing the agent starts gets it
+    return sock
+
+
+def _listen_tcp(port: int) -> socket.socket:
+    """``[::]`` with IPV6_V6ONLY off answers both Fly's private network (6PN, IPv6 only) and its proxy
+    (IPv4); a kernel without IPv6 gets ``0.0.0.0``."""
+    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        else:
             sock.bind(("0.0.0.0", port))
-        except OSError as exc:
-            sock.close()
-            raise AgentError(f"cannot listen on port {port}: {exc}") from exc
-        return sock
+    except OSError as exc:
+        sock.close()
+        raise AgentError(f"cannot listen on port {port}: {exc}") from exc
+    return sock
+
+
+def _listen(path: str | None, port: int, fd: int | None = None) -> socket.socket:
+    """Bind here rather than in uvicorn, which would exit the process on a bind error."""
+    if fd is not None:
+        return _inherited(fd)
+    if path is None:
+        return _listen_tcp(port)
     # A socket left behind by an earlier agent would make bind fail; anything else there is kept.
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -58,8 +85,11 @@ def _listen(path: str | None, port: int) -> socket.socket:
 
 
 class AgentServer:
-    def __init__(self, app: AgentApp, *, socket_path: str | None, port: int) -> None:
-        self._socket_path = socket_path
+    def __init__(
+        self, app: AgentApp, *, socket_path: str | None, port: int, listen_fd: int | None = None
+    ) -> None:
+        self._socket_path = None if listen_fd is not None else socket_path
+        self._listen_fd = listen_fd
         self._port = port
         config = uvicorn.Config(
             app,
@@ -79,7 +109,7 @@ class AgentServer:
 
     async def start(self) -> None:
         _configure_logging()
-        self._sockets = [_listen(self._socket_path, self._port)]
+        self._sockets = [_listen(self._socket_path, self._port, self._listen_fd)]
         config = self._server.config
         config.load()
         self._server.lifespan = config.lifespan_class(config)

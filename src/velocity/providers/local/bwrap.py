@@ -21,9 +21,7 @@ from velocity.providers.local.network import EGRESS_DIR
 # The machine's main process, as the preview image's CMD runs it (tests hold the two equal).
 AGENT_ARGS = ("-m", "velocity.agent")
 WORKSPACE = "/workspace"
-RUN_DIR = "/run/velocity"
 NPM_CACHE = "/cache/npm"
-AGENT_SOCKET = f"{RUN_DIR}/agent.sock"
 
 # Only what programs need from /etc: no shadow files, no private keys, no host configuration.
 ETC_ENTRIES = (
@@ -61,8 +59,10 @@ exit $code
 
 @dataclass(frozen=True, slots=True)
 class SandboxPaths:
+    """The host directories a sandbox may write. Its agent's socket is not among them: the host binds
+    it in the machine's directory, outside the sandbox, and hands the agent the listening socket."""
+
     workspace: Path
-    run: Path
     npm_cache: Path
 
 
@@ -94,7 +94,7 @@ def bwrap_args(
 ) -> list[str]:
     """With ``egress`` (the directory of the sandbox's egress proxy socket) the sandbox gets a network
     namespace of its own, loopback only; without, it shares the host's network. The agent is reached
-    through a unix socket either way."""
+    through a unix socket either way, one the sandbox cannot see."""
     args = [
         "bwrap",
         "--unshare-all",
@@ -125,9 +125,6 @@ def bwrap_args(
         "--bind",
         str(paths.workspace),
         WORKSPACE,
-        "--bind",
-        str(paths.run),
-        RUN_DIR,
         "--bind",
         str(paths.npm_cache),
         NPM_CACHE,

