@@ -74,6 +74,9 @@ def forged_tokens(o: Orchestrator) -> dict[str, str]:
         "RS256 from an unknown key": jwt.encode(
             claims(o), stranger_rsa, algorithm="RS256", headers={"kid": "x"}
         ),
+        "RS256 under our EC key's kid": jwt.encode(
+            claims(o), stranger_rsa, algorithm="RS256", headers={"kid": kid}
+        ),
         "alg none": jwt.encode(claims(o), None, algorithm="none"),  # type: ignore[arg-type]
         "HS384": jwt.encode(claims(o), legacy + "x" * 16, algorithm="HS384"),
         "the anon key": o.runtime.issuer.mint_anon(),
@@ -96,6 +99,7 @@ def forged_tokens(o: Orchestrator) -> dict[str, str]:
     [
         "signed by another key under our kid",
         "RS256 from an unknown key",
+        "RS256 under our EC key's kid",
         "alg none",
         "HS384",
         "the anon key",

@@ -35,11 +35,12 @@ async def chromium() -> AsyncIterator[Browser]:
 
 
 async def open_app(browser: Browser, access_url: str) -> tuple[Page, list[int]]:
-    """Open a preview by its signed link and wait for the example's heading; the list grows by one
-    on every page load, so a test can tell a hot reload from a reload."""
+    """Open a preview by its signed link and wait for the example's heading; the list holds one entry
+    for the app's load and grows by one on every later load, so a test can tell a hot reload from a
+    reload."""
     page = await browser.new_page()
-    loads: list[int] = []
-    page.on("load", lambda _: loads.append(1))
-    await page.goto(access_url)  # signs the browser in, then lands on the app
+    await page.goto(access_url)  # signs the browser in; its page then navigates to the app
     await page.locator("h1").filter(has_text="Hello from Velocity").wait_for(timeout=15_000)
+    loads: list[int] = [1]
+    page.on("load", lambda _: loads.append(1))
     return page, loads

@@ -13,9 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.harness import EXAMPLE, Live, live_orchestrator
+from tests.e2e.harness import EXAMPLE, PROJECTS, Live, live_orchestrator
 
 pytestmark = pytest.mark.e2e
+
+INTRUDER = PROJECTS / "intruder"
 
 
 async def preview_of_example(live: Live, project_id: str = "example", **query: str) -> dict[str, str]:
@@ -49,7 +51,9 @@ async def open_hmr_socket(live: Live, host: str, **headers: str) -> str:
 
 
 async def test_a_private_preview_opens_with_its_signed_link_and_not_without(npm_cache: Path) -> None:
-    """No credentials: a 401 page. The signed link: a host-only HttpOnly cookie, then the app."""
+    """No credentials: a 401 page. The signed link: a host-only, HttpOnly, SameSite=Strict ``__Host-``
+    cookie on a page that moves on to the app by a navigation of its own (a redirect would still count
+    as the editor's, and a Strict cookie would not be sent with it)."""
     async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
         ready = await preview_of_example(live)
         host = live.host(ready["id"])
@@ -58,10 +62,11 @@ async def test_a_private_preview_opens_with_its_signed_link_and_not_without(npm_
         assert "this preview is private" in refused.text
         assert refused.headers["content-type"].startswith("text/html")
         signed_in = await sign_in(live, ready)
-        assert signed_in.status_code == 303
+        assert signed_in.status_code == 200
+        assert '<meta http-equiv="refresh" content="0;url=/">' in signed_in.text
         cookie = signed_in.headers["set-cookie"]
-        assert "HttpOnly" in cookie
-        assert "SameSite=Lax" in cookie
+        assert cookie.startswith("__Host-velocity_preview=")
+        assert {"HttpOnly", "SameSite=Strict", "Secure", "Path=/"} <= {a.strip() for a in cookie.split(";")}
         assert "Domain=" not in cookie, "scoped to this preview's host only"
         page = await get(live, "/src/App.jsx", host=host, cookie=cookie.split(";", 1)[0])
         assert page.status_code == 200
@@ -103,3 +108,44 @@ async def test_a_public_project_needs_no_sign_in(npm_cache: Path) -> None:
         ready = await preview_of_example(live, public="true")
         page = await get(live, "/src/App.jsx", host=live.host(ready["id"]))
         assert page.status_code == 200
+
+
+async def test_our_credentials_never_reach_the_preview_s_code(npm_cache: Path) -> None:
+    """The owner's token is removed on every path: on a public preview, beside a valid session cookie,
+    and when it opened the preview; our cookie never passes; the app's own token and cookies do."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        private = await live.started(INTRUDER, "private-app")
+        public = await live.started(INTRUDER, "public-app")
+        await live.import_project(INTRUDER, "public-app", public="true")
+        session = (await sign_in(live, private)).headers["set-cookie"].split(";", 1)[0]
+        owner = f"Bearer {live.token}"
+
+        async def seen_by_app(ready: dict[str, str], **headers: str) -> dict[str, str]:
+            response = await get(live, "/headers", host=live.host(ready["id"]), **headers)
+            assert response.status_code == 200, response.text
+            answer: dict[str, str] = response.json()
+            return answer
+
+        for ready, headers in [
+            (public, {"authorization": owner}),
+            (private, {"authorization": owner}),
+            (private, {"authorization": owner, "cookie": f"{session}; theme=dark"}),
+        ]:
+            seen = await seen_by_app(ready, **headers)
+            assert "authorization" not in seen, headers
+            assert "velocity_preview" not in seen.get("cookie", "")
+        kept = await seen_by_app(private, authorization="Bearer app-token", cookie=f"theme=dark; {session}")
+        assert (kept["authorization"], kept["cookie"]) == ("Bearer app-token", "theme=dark")
+
+
+async def test_a_tossed_parent_domain_cookie_locks_nobody_out(npm_cache: Path) -> None:
+    """A preview can set a cookie of our name for the parent domain; the browser then sends it beside
+    ours, first or last. The valid one still opens the preview; the tossed one reaches nobody."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        ready = await live.started(INTRUDER, "private-app")
+        session = (await sign_in(live, ready)).headers["set-cookie"].split(";", 1)[0]
+        tossed = "velocity_preview=tossed; __Host-velocity_preview=tossed"
+        for cookie in (f"{tossed}; {session}", f"{session}; {tossed}"):
+            response = await get(live, "/headers", host=live.host(ready["id"]), cookie=cookie)
+            assert response.status_code == 200, response.text
+            assert "cookie" not in response.json()

@@ -12,7 +12,7 @@ def test_our_cookie_and_the_bearer_token_are_removed_and_the_apps_cookies_kept()
         "headers": [
             (b"host", b"abc.preview.localhost"),
             (b"authorization", b"Bearer owner-token"),
-            (b"cookie", b"theme=dark; velocity_preview=secret; cart=3"),
+            (b"cookie", b"theme=dark; velocity_preview=secret; __Host-velocity_preview=s; cart=3"),
         ],
     }
     forwarded = dict(Gate.strip_credentials(scope)["headers"])

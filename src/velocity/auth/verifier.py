@@ -31,7 +31,13 @@ class TokenVerifier:
         if alg in ASYMMETRIC:
             if self._jwks is None:
                 raise Unauthorized(f"{alg} tokens are not accepted: no JWKS is configured (SUPABASE_URL)")
-            key: Any = (await self._jwks.key(header.get("kid"))).key
+            jwk = await self._jwks.key(header.get("kid"))
+            if jwk.algorithm_name != alg:
+                # The key decides the algorithm, never the token: an EC key read as RSA is no check.
+                raise Unauthorized(
+                    f"token says {alg} but its key {header.get('kid')!r} is for {jwk.algorithm_name}"
+                )
+            key: Any = jwk.key
         elif alg == "HS256":
             if self._secret is None:
                 raise Unauthorized("HS256 tokens are not accepted: SUPABASE_JWT_SECRET is not set")

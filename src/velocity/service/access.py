@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from velocity.auth import Caller, TokenIssuer
 from velocity.auth.tokens import ACCESS_AUDIENCE, SESSION_AUDIENCE
@@ -14,11 +14,17 @@ from velocity.settings import Settings
 from velocity.store import Store
 
 ACCESS_PATH = "/__velocity/access"
-SESSION_COOKIE = "velocity_preview"
+# ``__Host-``: browsers take it only host-only (no Domain), Path=/ and Secure, so no preview can set a
+# copy for the parent domain that shadows this one (cookie tossing). Secure needs https, or a
+# ``localhost`` name, which browsers count as secure; on plain http elsewhere the bare name is used.
+SESSION_COOKIE = "__Host-velocity_preview"
+INSECURE_SESSION_COOKIE = "velocity_preview"
+SESSION_COOKIES = (SESSION_COOKIE, INSECURE_SESSION_COOKIE)
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
+    name: str
     cookie: str
     max_age: int
     secure: bool
@@ -51,8 +57,13 @@ class PreviewAccess:
         cookie = self._issuer.mint_preview(
             preview_id=preview_id, user_id=user_id, audience=SESSION_AUDIENCE, ttl_seconds=seconds
         )
+        url = urlsplit(self._settings.preview_url(preview_id))
+        secure = url.scheme == "https" or (url.hostname or "").endswith("localhost")
         return Session(
-            cookie=cookie, max_age=seconds, secure=self._settings.preview_url("x").startswith("https")
+            name=SESSION_COOKIE if secure else INSECURE_SESSION_COOKIE,
+            cookie=cookie,
+            max_age=seconds,
+            secure=secure,
         )
 
     async def is_open(self, preview_id: str) -> bool:

@@ -3,6 +3,8 @@
 // GET /plant-socket?target=P         put a symlink to P wherever the agent's socket could be
 // GET /write?path=P&data=D           write D into the file P (directories created)
 // GET /list?path=P                   the names under directory P, recursively, at most 500
+// GET /headers                       the request's headers, as the app sees them
+// GET /seen                          every request and websocket upgrade the app has received
 const http = require('http')
 const fs = require('fs')
 const path = require('path')
@@ -53,9 +55,13 @@ function list(dir, depth = 6) {
   return names
 }
 
-function answer(url) {
+const seen = []
+
+function answer(url, req) {
   const q = url.searchParams
   switch (url.pathname) {
+    case '/headers': return req.headers
+    case '/seen': return { seen }
     case '/whoami': return { project: process.env.PROJECT_ID }
     case '/plant-socket': return plantSocket(q.get('target'))
     case '/write': return attempt(() => {
@@ -67,9 +73,19 @@ function answer(url) {
   }
 }
 
-http
-  .createServer((req, res) => {
-    res.setHeader('content-type', 'application/json')
-    res.end(JSON.stringify(answer(new URL(req.url, 'http://intruder'))))
-  })
-  .listen(port, '127.0.0.1')
+const server = http.createServer((req, res) => {
+  seen.push(`${req.method} ${req.url}`)
+  const url = new URL(req.url, 'http://intruder')
+  if (url.pathname.endsWith('.html')) {
+    res.setHeader('content-type', 'text/html')
+    res.end('<!doctype html><title>intruder</title><p>intruder</p>')
+    return
+  }
+  res.setHeader('content-type', 'application/json')
+  res.end(JSON.stringify(answer(url, req)))
+})
+server.on('upgrade', (req, socket) => {
+  seen.push(`UPGRADE ${req.url}`)
+  socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
+})
+server.listen(port, '127.0.0.1')
