@@ -16,10 +16,11 @@ from starlette.types import ASGIApp
 
 from velocity.api import create_api
 from velocity.api.limits import BodyLimit
-from velocity.auth import JwksCache, SigningKey, TokenIssuer, TokenVerifier, load_or_create_secret
+from velocity.auth import AGENT_ROLE, JwksCache, SigningKey, TokenIssuer, TokenVerifier, load_or_create_secret
 from velocity.auth.jwks import Fetch
 from velocity.clock import Clock, SystemClock
-from velocity.domain import ConfigError, Unavailable
+from velocity.domain import ConfigError, Preview, Unavailable
+from velocity.egress import CALLER_HEADER
 from velocity.loops import run_maintenance, supervise
 from velocity.projects import ProjectFiles
 from velocity.providers.base import MachineProvider
@@ -28,7 +29,7 @@ from velocity.router import PreviewRouter
 from velocity.router.gate import Gate
 from velocity.service import AgentClient, PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
-from velocity.service.channels import ChannelAccess
+from velocity.service.channels import ChannelAccess, client_key, from_previews
 from velocity.service.events import PreviewEvents
 from velocity.settings import ProviderKind, Settings
 from velocity.store import Store
@@ -137,7 +138,8 @@ class Runtime:
         jwks_fetch: Fetch | None = None,
     ) -> Runtime:
         settings = resolve_local_defaults(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Others may pass through (a sandbox's uid reaches its own workspace below) but not list it.
+        settings.data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         store = Store.from_url(settings.sqlalchemy_url)
         await store.migrate()
         provider = provider or make_provider(settings)
@@ -209,7 +211,9 @@ class Runtime:
         self._router = PreviewRouter(
             # The API as the default, not Mount(""): a mount's pattern misses paths with a newline,
             # which would get Starlette's plain-text 404 instead of the API's JSON errors.
-            Router([Mount(REALTIME_PATH, app=hub.app)], default=limited) if hub else limited,
+            Router([Mount(REALTIME_PATH, app=from_previews(hub.app, header=CALLER_HEADER))], default=limited)
+            if hub
+            else limited,
             service=self.previews,
             domain=self.settings.preview_domain,
             replay_app=self.settings.fly_app_name if self.settings.fly_replay else None,
@@ -221,7 +225,23 @@ class Runtime:
         """Locally the orchestrator is SUPABASE_URL: it hosts the Realtime hub of the preview channels."""
         if self.hub is None and self.settings.supabase_url == self.settings.orchestrator_url:
             channels = ChannelAccess(self.verifier, self.store)
-            self.hub = RealtimeHub(channels.verify, authorizer=channels.authorize, clock=self.clock)
+            hub = self.hub = RealtimeHub(
+                channels.verify,
+                authorizer=channels.authorize,
+                clock=self.clock,
+                client_key=client_key(CALLER_HEADER),
+            )
+
+            def revoke_agent(preview: Preview) -> None:
+                # Its agent's channels end with the preview: the token is no longer good for them.
+                hub.revoke(
+                    lambda claims: (
+                        claims.get("role") == AGENT_ROLE and claims.get("preview_id") == preview.id
+                    ),
+                    f"preview {preview.id} has ended: its agent's token is revoked",
+                )
+
+            self.previews.on_end(revoke_agent)
         return self.hub
 
     async def close_streams(self) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
+from websockets.asyncio.client import unix_connect
+from websockets.exceptions import InvalidStatus
 
 from tests.agent.harness import AgentFactory, SnapshotServer, project_files, tarball
 from tests.proxy.harness import free_port
@@ -57,3 +60,36 @@ async def test_a_project_without_a_dev_script_fails_with_a_clear_detail(
         assert body["state"] == "failed"
         assert 'no "dev" script' in body["detail"]
         assert await agent.exit_code() == 1
+
+
+async def test_with_an_origin_secret_only_the_orchestrator_gets_past_health(
+    start_agent: AgentFactory,
+) -> None:
+    """Any machine of a Fly organization reaches any other over the private network: with
+    AGENT_ORIGIN_SECRET the agent answers only requests that carry it (compared in constant time), but
+    ``GET /health`` for Fly's checks; a websocket without it never opens; the dev server never sees the
+    header."""
+    secret = "s3cret-for-this-preview"
+    async with start_agent(AGENT_ORIGIN_SECRET=secret) as agent:
+        await agent.ready()
+        for headers in ({}, {"x-velocity-origin": "wrong"}, {"x-velocity-origin": secret.upper()}):
+            for path in ("/", "/__velocity/logs", "/headers"):
+                refused = await agent.client.get(path, headers=headers)
+                assert refused.status_code == 403, (path, headers)
+                assert "through the orchestrator" in refused.json()["message"]
+        assert (await agent.client.get("/health")).status_code == 200
+        page = await agent.client.get("/headers", headers={"x-velocity-origin": secret})
+        assert page.status_code == 200
+        assert "x-velocity-origin" not in page.json()
+        logs = await agent.client.get("/__velocity/logs", headers={"x-velocity-origin": secret})
+        assert logs.status_code == 200
+        with pytest.raises(InvalidStatus):
+            async with unix_connect(agent.socket_path, "ws://agent/ws"):
+                pass
+        async with unix_connect(
+            agent.socket_path, "ws://agent/ws", additional_headers={"x-velocity-origin": secret}
+        ) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+        env = (await agent.client.get("/env", headers={"x-velocity-origin": secret})).json()
+        assert "AGENT_ORIGIN_SECRET" not in env and secret not in json.dumps(env)

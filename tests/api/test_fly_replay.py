@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ def host(preview_id: str) -> dict[str, str]:
     return {"host": f"{preview_id}.preview.localhost:8000"}
 
 
+def replay_of(response: httpx.Response) -> dict[str, Any]:
+    """Fly's JSON replay form (dynamic request routing docs): the content type says it is one."""
+    assert response.headers["content-type"] == "application/vnd.fly.replay+json"
+    assert "fly-replay" not in response.headers
+    replay: dict[str, Any] = response.json()
+    return replay
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_a_ready_preview_is_answered_with_fly_replay_to_its_machine(on_fly: OnFly, method: str) -> None:
     """The answer names the preview app and the machine; no byte goes to the agent, nothing is cached."""
@@ -84,9 +93,10 @@ async def test_a_ready_preview_is_answered_with_fly_replay_to_its_machine(on_fly
         method, "/src/App.jsx", content=b"x" * 10, headers=host(preview["id"])
     )
     assert response.status_code == 409
-    assert response.headers["fly-replay"] == f"app={PREVIEW_APP};instance={preview['machine_id']}"
+    replay = replay_of(response)
+    assert (replay["app"], replay["instance"]) == (PREVIEW_APP, preview["machine_id"])
+    assert (replay["timeout"], replay["fallback"]) == ("10s", "force_self")
     assert response.headers["cache-control"] == "no-store"
-    assert "only Fly's proxy acts on this answer" in response.text
     assert on_fly.provider.calls == calls_before  # the machine id comes from the store, not from Fly
 
 
@@ -105,14 +115,14 @@ async def test_previews_that_do_not_serve_get_the_same_pages_as_when_proxying(on
         "deleted": 410,
     }
     assert "no preview abcdefabcdef" in answers["unknown"].text
-    assert all("fly-replay" not in r.headers for r in answers.values())
+    assert all("replay" not in r.headers["content-type"] for r in answers.values())
 
 
 async def test_the_api_is_never_replayed(on_fly: OnFly) -> None:
     """Requests to the orchestrator's own host reach the API as before."""
     health = await on_fly.client.get("/healthz")
     assert health.status_code == 200
-    assert "fly-replay" not in health.headers
+    assert health.headers["content-type"] == "application/json"
 
 
 async def test_a_websocket_upgrade_is_answered_with_fly_replay(on_fly: OnFly) -> None:
@@ -137,7 +147,11 @@ async def test_a_websocket_upgrade_is_answered_with_fly_replay(on_fly: OnFly) ->
     await on_fly.app(scope, receive, send)
     assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
     headers = dict(sent[0]["headers"])
-    assert headers[b"fly-replay"] == f"app={PREVIEW_APP};instance={preview['machine_id']}".encode()
+    assert headers[b"content-type"] == b"application/vnd.fly.replay+json"
+    replay = json.loads(sent[1]["body"])
+    assert replay["instance"] == preview["machine_id"]
+    secret = on_fly.runtime.issuer.origin_secret(preview["id"])
+    assert {"name": "x-velocity-origin", "value": secret} in replay["transform"]["set_headers"]
 
 
 @pytest.mark.parametrize(
@@ -170,3 +184,54 @@ def test_previews_are_replayed_only_by_a_fly_orchestrator_running_on_fly(
         _env_file=None,
     )  # type: ignore[arg-type]
     assert settings.fly_replay is replays
+
+
+async def test_the_replay_removes_our_credentials_and_adds_the_machine_s_secret(on_fly: OnFly) -> None:
+    """Fly replays the original request: the transform deletes the owner's token, sets the cookie
+    header without ours, deletes a forged origin header and sets the machine's own secret; the app's
+    own token would pass unchanged."""
+    preview = await on_fly.ready_preview()
+    owner = on_fly.auth()["Authorization"]
+    response = await on_fly.client.get(
+        "/",
+        headers={
+            **host(preview["id"]),
+            "authorization": owner,
+            "cookie": "theme=dark; __Host-velocity_preview=abc",
+            "x-velocity-origin": "forged",
+        },
+    )
+    transform = replay_of(response)["transform"]
+    secret = on_fly.runtime.issuer.origin_secret(preview["id"])
+    assert sorted(transform["delete_headers"]) == ["authorization", "cookie", "x-velocity-origin"]
+    assert sorted(transform["set_headers"], key=lambda h: h["name"]) == [
+        {"name": "cookie", "value": "theme=dark"},
+        {"name": "x-velocity-origin", "value": secret},
+    ]
+    own = await on_fly.client.get("/", headers={**host(preview["id"]), "authorization": "Bearer app-token"})
+    assert replay_of(own)["transform"]["delete_headers"] == []
+
+
+async def test_a_body_fly_cannot_replay_is_carried_by_the_router(on_fly: OnFly) -> None:
+    """Over 1 MB, or of unknown length, a request is not answered with a replay (Fly's proxy would
+    refuse it): the router carries it to the machine over the private network itself."""
+    preview = await on_fly.ready_preview()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    for body in (b"x" * 1_000_001, chunks()):
+        response = await on_fly.client.post("/upload", content=body, headers=host(preview["id"]))
+        assert "replay" not in response.headers.get("content-type", "")
+        # The in-memory machine has no network: the router's own attempt fails as a 502/503 page.
+        assert response.status_code in (502, 503), response.text
+    assert on_fly.runtime.settings.fly_replay
+
+
+async def test_a_failed_replay_is_answered_not_replayed_again(on_fly: OnFly) -> None:
+    """With ``fallback: force_self`` Fly hands a replay its target refused back, marked
+    ``fly-replay-failed``: the router answers 503 instead of replaying in a loop."""
+    preview = await on_fly.ready_preview()
+    response = await on_fly.client.get("/", headers={**host(preview["id"]), "fly-replay-failed": "timeout"})
+    assert response.status_code == 503
+    assert "did not take the request" in response.text

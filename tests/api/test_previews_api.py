@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.api.conftest import Orchestrator
-from velocity.auth import TokenIssuer
+from velocity.auth import Caller, TokenIssuer
 
 
 def tarball(files: dict[str, bytes]) -> bytes:
@@ -215,13 +218,21 @@ async def test_bad_project_archives_get_422_and_nothing_is_saved(
     }
 
 
+async def started_preview(o: Orchestrator, project_id: str, user: str) -> tuple[str, str]:
+    """A ready preview's id and the agent token its machine was given."""
+    created = await o.client.post("/v1/previews", json={"project_id": project_id}, headers=o.auth(user))
+    preview_id = created.json()["id"]
+    preview = await o.runtime.previews.settled(preview_id, timeout=5)
+    assert preview.machine_id is not None
+    return preview_id, o.provider.specs[preview.machine_id].env["AGENT_TOKEN"]
+
+
 async def test_snapshots_are_for_the_owner_and_the_projects_agents(orchestrator: Orchestrator) -> None:
     """The owner and an agent of the project read the snapshot; another user or agent cannot."""
     await import_project(orchestrator)
     await import_project(orchestrator, "other", user="bob")
-    issuer = orchestrator.runtime.issuer
-    own_agent = issuer.mint_agent(preview_id="a" * 12, project_id="my-app", ttl_seconds=60)
-    other_agent = issuer.mint_agent(preview_id="b" * 12, project_id="other", ttl_seconds=60)
+    _, own_agent = await started_preview(orchestrator, "my-app", "alice")
+    _, other_agent = await started_preview(orchestrator, "other", "bob")
     url = "/v1/projects/my-app/snapshot"
     owner = await orchestrator.client.get(url, headers=orchestrator.auth())
     assert owner.status_code == 200
@@ -239,6 +250,26 @@ async def test_snapshots_are_for_the_owner_and_the_projects_agents(orchestrator:
         "/v1/previews", json={"project_id": "my-app"}, headers={"Authorization": f"Bearer {own_agent}"}
     )
     assert agent_create.status_code == 401
+
+
+async def test_an_agent_token_is_revoked_when_its_preview_ends(orchestrator: Orchestrator) -> None:
+    """After the preview is deleted its agent's token reads nothing, not even for the project's next
+    preview; that preview's own token does."""
+    await import_project(orchestrator)
+    first, old_token = await started_preview(orchestrator, "my-app", "alice")
+    url = "/v1/projects/my-app/snapshot"
+    assert (
+        await orchestrator.client.get(url, headers={"Authorization": f"Bearer {old_token}"})
+    ).status_code == 200
+    deleted = await orchestrator.client.delete(f"/v1/previews/{first}", headers=orchestrator.auth())
+    assert deleted.status_code in (200, 202, 204), deleted.text
+    _, new_token = await started_preview(orchestrator, "my-app", "alice")
+    refused = await orchestrator.client.get(url, headers={"Authorization": f"Bearer {old_token}"})
+    assert refused.status_code == 401
+    assert "revoked" in refused.text
+    assert (
+        await orchestrator.client.get(url, headers={"Authorization": f"Bearer {new_token}"})
+    ).status_code == 200
 
 
 async def test_the_router_answers_unknown_and_malformed_preview_hosts_clearly(
@@ -266,3 +297,51 @@ async def test_too_many_creates_get_429_with_retry_after(orchestrator: Orchestra
     assert refused.json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["retry-after"]) >= 1
     assert {r.json()["id"] for r in responses[:-1]} == {responses[0].json()["id"]}
+
+
+async def test_of_concurrent_first_imports_of_an_id_exactly_one_owns_it(orchestrator: Orchestrator) -> None:
+    """Many users import a new id at once: one gets 200 and owns the project and its snapshot; every
+    other gets 403 and changed nothing."""
+    users = [f"user-{n}" for n in range(8)]
+
+    async def put(user: str) -> tuple[str, int]:
+        archive = tarball({"package.json": b'{"name": "app"}', "owner.txt": user.encode()})
+        response = await orchestrator.client.put(
+            "/v1/projects/contested",
+            content=archive,
+            headers={**orchestrator.auth(user), "content-type": "application/gzip"},
+        )
+        return user, response.status_code
+
+    answers = dict(await asyncio.gather(*(put(user) for user in users)))
+    winners = [user for user, code in answers.items() if code == 200]
+    assert len(winners) == 1 and sorted(answers.values()) == [200] + [403] * 7, answers
+    project = await orchestrator.runtime.store.get_project("contested")
+    assert project.owner_id == winners[0]
+    snapshot = await orchestrator.runtime.projects.snapshot(Caller(winners[0], "authenticated"), "contested")
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
+        member = archive.extractfile("owner.txt")
+        assert member is not None and member.read() == winners[0].encode()
+
+
+async def test_a_signed_link_signs_in_once(orchestrator: Orchestrator) -> None:
+    """The first opening of ``access_url`` sets the session cookie; the same link again is a 401 that
+    says how to get a new one, and a fresh link from the API works."""
+    await import_project(orchestrator)
+    preview_id, _ = await started_preview(orchestrator, "my-app", "alice")
+
+    async def open_link() -> httpx.Response:
+        body = (
+            await orchestrator.client.get(f"/v1/previews/{preview_id}", headers=orchestrator.auth())
+        ).json()
+        link = urlsplit(body["access_url"])
+        return await orchestrator.client.get(f"{link.path}?{link.query}", headers={"host": link.netloc})
+
+    first = await open_link()
+    assert first.status_code == 200 and "set-cookie" in first.headers
+    reused = await orchestrator.client.get(
+        str(first.request.url), headers={"host": first.request.headers["host"]}
+    )
+    assert reused.status_code == 401
+    assert "used already" in reused.text
+    assert (await open_link()).status_code == 200

@@ -42,6 +42,14 @@ def test_the_fly_toml_is_read_by_the_orchestrator(path: Path) -> None:
     assert FORBIDDEN_ENV.isdisjoint(template.env)
 
 
+def test_the_preview_template_limits_requests_not_connections_and_leaves_room_for_a_vite_page() -> None:
+    """Over HTTP/2 one tab is one connection; a cold Vite page asks for hundreds of modules at once."""
+    (service,) = fly_toml(PREVIEW_TEMPLATE)["services"]
+    concurrency = service["concurrency"]
+    assert concurrency["type"] == "requests"
+    assert 200 <= concurrency["soft_limit"] <= concurrency["hard_limit"]
+
+
 def test_the_preview_template_starts_the_image_s_own_command() -> None:
     """No ``[experimental]`` cmd, entrypoint or exec: the seed's pair would run its command twice."""
     assert "experimental" not in fly_toml(PREVIEW_TEMPLATE)

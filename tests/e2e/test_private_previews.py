@@ -149,3 +149,20 @@ async def test_a_tossed_parent_domain_cookie_locks_nobody_out(npm_cache: Path) -
             response = await get(live, "/headers", host=live.host(ready["id"]), cookie=cookie)
             assert response.status_code == 200, response.text
             assert "cookie" not in response.json()
+
+
+async def test_the_agent_s_own_endpoints_are_not_on_the_preview_url(npm_cache: Path) -> None:
+    """On a public preview anyone may open the app, but not the machine's logs or health: those are
+    the orchestrator's, and the owner reads the logs through the API."""
+    async with live_orchestrator(npm_cache=npm_cache, preview_access="private") as live:
+        await live.import_project(INTRUDER, "public-app", public="true")
+        ready = await live.settled((await live.create("public-app"))["id"])
+        host = live.host(ready["id"])
+        for path in ("/__velocity/logs?tail=10", "/health", "/%5F%5Fvelocity/logs", "/__velocity/x"):
+            for headers in ({}, {"authorization": f"Bearer {live.token}"}):
+                refused = await get(live, path, host=host, **headers)
+                assert refused.status_code == 404, (path, refused.text)
+                assert "GET /v1/previews/" in refused.text
+        assert (await get(live, "/headers", host=host)).status_code == 200
+        logs = await live.api.get(f"/v1/previews/{ready['id']}/logs")
+        assert logs.status_code == 200 and logs.json()["lines"]

@@ -94,6 +94,23 @@ async def test_the_orchestrator_name_refuses_every_other_path(rig: Rig, path: st
     assert rig.allowed.connections == 0
 
 
+async def test_the_orchestrator_hears_which_project_calls_and_nobody_can_claim_another(rig: Rig) -> None:
+    """A request to the orchestrator name carries the calling preview's project in the proxy's own
+    header; a copy the client sent is dropped. An allowlisted host never gets the header."""
+    own = f"/v1/projects/{CALLER.project_id}/snapshot"
+    forged = "X-Velocity-Egress-Project: someone-else\r\nx-velocity-egress-project: other\r\n"
+    assert (
+        status(await rig.exchange(f"GET http://{ORCHESTRATOR}{own} HTTP/1.1\r\n{forged}\r\n".encode())) == 200
+    )
+    head = bytes(rig.allowed.received).split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"x-velocity-egress-project") == 1
+    assert f"x-velocity-egress-project: {CALLER.project_id}".encode() in head
+    rig.allowed.received.clear()
+    listed = f"GET http://127.0.0.2:{rig.allowed.port}/ HTTP/1.1\r\n{forged}\r\n"
+    assert status(await rig.exchange(listed.encode())) == 200
+    assert b"x-velocity-egress-project" not in bytes(rig.allowed.received).lower()
+
+
 async def test_a_second_request_on_an_allowed_connection_never_reaches_the_server(rig: Rig) -> None:
     """Request smuggling by pipelining: the proxy forwards one request per connection, then closes."""
     own = f"/v1/projects/{CALLER.project_id}/snapshot"
@@ -112,6 +129,28 @@ async def test_a_request_with_two_body_lengths_is_refused(rig: Rig) -> None:
         "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode()
     )
     assert status(answer) == 400
+    assert rig.allowed.connections == 0
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "Content-Length: 4\r\nContent-Length: 40",
+        "Content-Length: 4\r\nContent-Length: 4",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        "X-Note: a\nContent-Length: 40\r\nContent-Length: 4",
+        "X-Note: a\nTransfer-Encoding: chunked\r\nContent-Length: 4",
+        "X-Note: a\rb\r\nContent-Length: 4",
+    ],
+    ids=["two lengths", "a repeated length", "two codings", "bare LF", "bare LF coding", "bare CR"],
+)
+async def test_an_ambiguous_head_is_refused(rig: Rig, framing: str) -> None:
+    """Repeated framing headers and bare CR or LF inside a header line read differently on different
+    servers (the smuggling shapes): 400, nothing forwarded."""
+    answer = await rig.exchange(
+        f"POST http://127.0.0.2:{rig.allowed.port}/ HTTP/1.1\r\n{framing}\r\n\r\n0\r\n\r\n".encode()
+    )
+    assert status(answer) == 400, answer
     assert rig.allowed.connections == 0
 
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tests.fly.support import APP, InstantClock
 from velocity.domain import Conflict, NotFound, Unavailable
 from velocity.emulator import FlyEmulator
 from velocity.fly import FlyClient, authorization_header
 from velocity.providers.base import META_CREATE_TAG
+from velocity.settings import Settings
 
 Handler = Callable[[httpx.Request], httpx.Response]
 IMAGE = "ghcr.io/velocity/preview-container:1.0.0"
@@ -173,3 +183,51 @@ async def test_the_emulator_counts_calls_by_action(emulator: FlyEmulator, client
     await client.wait_machine(made["id"], timeout=5)
     await client.destroy_machine(made["id"], force=True)
     assert dict(emulator.stats.calls) == {"create": 1, "wait": 1, "destroy": 1}
+
+
+async def test_long_waits_never_hold_the_connections_other_calls_need(tmp_path: Path) -> None:
+    """One ``wait`` per watched machine, each held up to 60 s: with 110 of them open (past httpx's
+    default pool of 100), a ``get`` still goes through at once, over a pool of its own."""
+    release, all_waiting = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    async def wait(request: Request) -> JSONResponse:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 110:
+            all_waiting.set()
+        await release.wait()
+        return JSONResponse({"ok": True, "state": "started"})
+
+    async def get(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["machine"], "state": "started"})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/apps/{app}/machines/{machine}/wait", wait),
+            Route("/v1/apps/{app}/machines/{machine}", get),
+        ]
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    settings = Settings(
+        velocity_data_dir=tmp_path,
+        fly_api_base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
+        fly_api_token="t",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    client = FlyClient.from_settings(settings)
+    waits = [asyncio.create_task(client.wait_machine(f"m{n:03d}", timeout=60)) for n in range(110)]
+    try:
+        await asyncio.wait_for(all_waiting.wait(), timeout=20)
+        machine = await asyncio.wait_for(client.get_machine("m999"), timeout=5)
+        assert machine["id"] == "m999"
+    finally:
+        release.set()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await client.aclose()
+        server.should_exit = True
+        await serving

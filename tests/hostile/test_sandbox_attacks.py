@@ -6,6 +6,8 @@ Each attack is a row of docs/security.md's table."""
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,77 @@ async def test_a_users_writes_to_the_npm_cache_never_reach_another_users_sandbox
         )
         # And on the host, the plant is only in mallory's directory.
         assert len(list(npm_cache.glob(f"*/{plant}"))) == 1
+
+
+async def test_what_the_host_keeps_of_a_preview_is_the_orchestrator_s_alone(npm_cache: Path) -> None:
+    """The database and the users' snapshots are the orchestrator's only (0600 in 0700 directories);
+    inside the sandbox, pid 1's command line names no host path (bubblewrap reads its options from
+    a descriptor)."""
+    async with live_orchestrator(npm_cache=npm_cache) as live:
+        ready = await live.started(INTRUDER, "my-app")
+        data = live.settings.data_dir
+        database = data / "velocity.db"
+        assert database.exists()
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600
+        snapshot = next((data / "projects").rglob("snapshot.tar.gz"))
+        assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
+        assert stat.S_IMODE((data / "projects").stat().st_mode) == 0o700
+
+        cmdline = await live.ask(ready["id"], "/read", path="/proc/1/cmdline")
+        assert cmdline["ok"] and "--args" in cmdline["text"], cmdline
+        assert str(data) not in cmdline["text"]
+        assert "--bind" not in cmdline["text"]
+
+
+async def test_a_setuid_file_a_sandbox_writes_is_inert_and_out_of_other_users_reach(npm_cache: Path) -> None:
+    """Every path a sandbox writes is mounted nosuid,nodev inside it, and on the host sits below a
+    directory only the orchestrator's user can enter, so no other host user can run what it wrote."""
+    async with live_orchestrator(npm_cache=npm_cache) as live:
+        ready = await live.started(INTRUDER, "my-app")
+        mounts = (await live.ask(ready["id"], "/read", path="/proc/self/mountinfo"))["text"]
+        for target in ("/workspace", "/cache/npm"):
+            options = next(line.split()[5] for line in mounts.splitlines() if line.split()[4] == target)
+            assert {"nosuid", "nodev"} <= set(options.split(",")), (target, options)
+
+        planted = {"/workspace/sbin/root-shell": None, "/cache/npm/_cacache/root-shell": None}
+        for inside in planted:
+            assert (await live.ask(ready["id"], "/setuid", path=inside))["ok"]
+        home = live.settings.data_dir / "sandboxes" / ready["machine_id"]
+        on_host = [home / "workspace/sbin/root-shell", *npm_cache.glob("*/_cacache/root-shell")]
+        assert len(on_host) == 2
+        for path in on_host:
+            assert path.stat().st_mode & stat.S_ISUID, "the sandbox did write a setuid file"
+            guards = [
+                d for d in path.parents if d.stat().st_uid == os.geteuid() and not d.stat().st_mode & 0o001
+            ]
+            assert guards and guards[0] in (home, *npm_cache.iterdir(), npm_cache), (path, guards)
+
+
+async def test_the_realtime_hub_is_no_way_around_the_egress_allowlist(npm_cache: Path) -> None:
+    """User code holds the public anon key, and the egress proxy lets it reach the hub. It still may
+    not broadcast on an open topic (which any holder of the anon key outside could read) nor on
+    another preview's channel; nothing it sends arrives."""
+    async with live_orchestrator(npm_cache=npm_cache) as live:
+        ready = await live.started(INTRUDER, "my-app")
+        hub = live.running.runtime.hub
+        assert hub is not None
+        heard: list[object] = []
+        for topic in ("room:exfil", "preview:someone-else", "preview:my-app"):
+            hub.listen(topic, lambda event, payload: heard.append((event, payload)))
+        for topic in ("room:exfil", "preview:someone-else"):
+            sent = await live.ask(ready["id"], "/broadcast", topic=topic)
+            assert sent["status"] == 403, sent
+            assert "only its own channel" in sent["body"]
+        own = await live.ask(ready["id"], "/broadcast", topic="preview:my-app")
+        assert own["status"] == 403, "the anon key alone opens no preview channel"
+        assert heard == []
+        # From outside a preview the same open topic works, as on Supabase.
+        anon = live.settings.supabase_anon_key
+        assert anon is not None
+        outside = await live.api.post(
+            "/realtime/v1/api/broadcast",
+            json={"messages": [{"topic": "room:exfil", "event": "hello", "payload": {}}]},
+            headers={"apikey": anon.get_secret_value(), "authorization": ""},
+        )
+        assert outside.status_code == 202, outside.text
+        assert heard and heard[0][0] == "hello"

@@ -14,6 +14,7 @@ from tests.realtime.realtime_clients import JsClient, PyClient, RawClient, event
 from tests.realtime.tokens import anon_key, verify
 from velocity.clock import Clock
 from velocity.realtime import ChannelAuthorizer, HubLimits, RealtimeHub, TokenVerifier, allow_all
+from velocity.realtime.hub import ClientKey
 
 TOPIC = "preview:proj-1"
 
@@ -72,9 +73,10 @@ async def serve_hub(
     clock: Clock | None = None,
     authorizer: ChannelAuthorizer = allow_all,
     verifier: TokenVerifier = verify,
+    client_key: ClientKey | None = None,
 ) -> Served:
     """Serve a hub under uvicorn on 127.0.0.1, port 0 (the kernel picks), in this event loop."""
-    hub = RealtimeHub(verifier, limits=limits, clock=clock, authorizer=authorizer)
+    hub = RealtimeHub(verifier, limits=limits, clock=clock, authorizer=authorizer, client_key=client_key)
     app = Starlette(routes=[Mount("/realtime/v1", app=hub.app)])
     config = uvicorn.Config(
         app,

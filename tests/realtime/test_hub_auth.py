@@ -130,6 +130,22 @@ async def test_a_channel_ends_when_its_token_expires(start_hub: StartHub) -> Non
     assert len(py.log.matching(kind("status", status="CHANNEL_ERROR"))) == 1
 
 
+async def test_revoked_claims_end_their_channels_and_only_theirs(start_hub: StartHub) -> None:
+    """``revoke`` ends the channels joined with matching claims as an expiry does (system error, then
+    CLOSED); a channel joined with other claims goes on."""
+    served = await start_hub()
+    revoked = await served.python(token=user_token("agent-of-ended-preview"))
+    kept = await served.python(token=user_token("user-2"))
+    await revoked.subscribe(TOPIC)
+    other = await kept.subscribe(TOPIC, echo_self=True)
+    assert served.hub.revoke(lambda claims: claims.get("sub") == "agent-of-ended-preview", "revoked") == 1
+    error = await revoked.log.expect(kind("status", status="CHANNEL_ERROR"))
+    assert "revoked" in error["error"]
+    await revoked.log.expect(kind("status", status="CLOSED"))
+    await other.send_broadcast("still_here", {})
+    await kept.log.expect(kind("broadcast", event="still_here"))
+
+
 async def test_a_refreshed_token_moves_the_expiry(start_hub: StartHub) -> None:
     """After a refresh, the old token's ``exp`` passes without ending the channel."""
     clock = FakeClock(datetime.now(UTC))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import socket
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.realtime.hub_server import TOPIC, Served, StartHub
 from tests.realtime.realtime_clients import RawClient, eventually, kind
@@ -124,6 +125,36 @@ async def test_a_connection_may_join_only_so_many_channels(start_hub: StartHub) 
         assert (await raw.join(topic))["payload"]["status"] == "ok"
     refused = await raw.join("realtime:c")
     assert refused["payload"]["response"] == {"reason": "ChannelRateLimitReached: Too many channels"}
+
+
+async def test_one_client_cannot_take_every_connection(start_hub: StartHub) -> None:
+    """Past the per-client limit an upgrade gets Supabase's 429 ``Too many connected users`` while
+    another client still connects; past the total, everyone does; a closed socket frees its place."""
+    served = await start_hub(
+        limits=HubLimits(max_connections=3, max_connections_per_client=2),
+        client_key=lambda websocket: websocket.headers.get("x-client", "?"),
+    )
+
+    async def opened(client: str) -> Any:
+        return await connect(
+            f"{served.ws_url}?apikey={served.apikey}&vsn=1.0.0", additional_headers={"x-client": client}
+        )
+
+    async def refused(client: str) -> None:
+        with pytest.raises(InvalidStatus) as denied:
+            await opened(client)
+        assert denied.value.response.status_code == 429
+        assert json.loads(denied.value.response.body or b"{}") == {"error": "Too many connected users"}
+
+    first, second = await opened("a"), await opened("a")
+    await refused("a")
+    third = await opened("b")
+    await refused("c")  # three in all
+    await first.close()
+    await eventually(lambda: served.hub.stats().connections == 2)
+    fourth = await opened("a")
+    for ws in (second, third, fourth):
+        await ws.close()
 
 
 async def test_a_frame_over_the_limit_gets_an_error_and_others_are_unaffected(start_hub: StartHub) -> None:

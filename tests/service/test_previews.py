@@ -166,6 +166,10 @@ async def test_routing_waits_for_a_booting_preview(world: World) -> None:
     world.agents.state = "installing"
     preview, _ = await world.service.create(ALICE, "alice-one")
     route = asyncio.create_task(world.service.route(preview.id, wait=5))
+    await world.provider.created.wait()  # the machine is made in the background
+    (machine_id,) = world.provider.specs
+    assert not route.done()
+    await world.provider.set_state(machine_id, MachineState.STARTED)  # the service waited for this
     await world.agents.asked.wait()
     assert not route.done()
     world.agents.state = "ready"
@@ -188,3 +192,37 @@ async def test_a_burst_of_creates_past_the_rate_gets_429_with_when_to_retry(worl
     await world.clock.advance(refused.value.retry_after or 0)
     _, created = await world.service.create(ALICE, "alice-one")
     assert created
+
+
+async def test_an_agent_not_answering_yet_is_polled_gently_and_its_machine_rarely(world: World) -> None:
+    """While a machine boots its agent is asked again after 20 ms, then twice as long each time up to
+    1 s, and the provider about the machine at most every 2 s: over ten seconds a handful of calls,
+    not hundreds (Fly's rate limits are per app)."""
+    world.agents.state = None
+    preview, _ = await world.service.create(ALICE, "alice-one")
+    await world.agents.asked.wait()
+    for _ in range(100):
+        await world.clock.advance(0.1)
+    gets = [call for call in world.provider.calls if call[0] == "get"]
+    assert world.agents.health_calls <= 20, world.agents.health_calls
+    assert len(gets) <= 6, gets
+    world.agents.state = "ready"
+    for _ in range(20):
+        await world.clock.advance(0.1)
+    assert (await world.service.settled(preview.id, timeout=5)).state == PreviewState.READY
+
+
+async def test_a_machine_the_api_does_not_show_yet_is_not_taken_for_gone(world: World) -> None:
+    """Right after a create Fly's API may answer 404 for the new machine (flyctl retries it): within
+    its first seconds that is not "disappeared"; the preview becomes ready."""
+    world.provider.unseen_gets_after_create = 3
+    world.agents.state = None
+    preview, _ = await world.service.create(ALICE, "alice-one")
+    await world.agents.asked.wait()
+    for _ in range(60):
+        await world.clock.advance(0.1)
+    assert (await world.service.get(ALICE, preview.id)).state == PreviewState.BOOTING
+    world.agents.state = "ready"
+    for _ in range(20):
+        await world.clock.advance(0.1)
+    assert (await world.service.settled(preview.id, timeout=5)).state == PreviewState.READY

@@ -8,6 +8,7 @@ requests for the dev server wait for it, and for the dev server to be ready, ins
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs
 
 from velocity.agent.logs import CAPACITY, LogBuffer
 from velocity.agent.state import AgentState, Status
+from velocity.domain.agent_contract import ORIGIN_HEADER
 from velocity.domain.errors import AgentError, BadRequest
 
 if TYPE_CHECKING:
@@ -35,6 +37,17 @@ DEFAULT_TAIL = 200
 PROXY_WAIT_SECONDS = 30.0
 
 
+_ORIGIN = ORIGIN_HEADER.encode()
+
+
+async def _refuse_stranger(scope: Scope, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": "not from the orchestrator"})
+        return
+    message = f"requests to this machine come through the orchestrator ({ORIGIN_HEADER} missing or wrong)"
+    await _json(send, 403, {"error": "forbidden", "message": message})
+
+
 class DevServerNotReady(AgentError):
     status_code = 503
     code = "dev_server_not_ready"
@@ -47,7 +60,12 @@ def _import_proxy() -> tuple[type[ReverseProxy], type[Upstream]]:
 
 
 class AgentApp:
-    def __init__(self, status: Status, logs: LogBuffer) -> None:
+    """With ``origin_secret``, a request that does not carry it in ``ORIGIN_HEADER`` gets 403 (a
+    websocket is refused before it opens), but ``GET /health``, which Fly's checks call; the header
+    never reaches the dev server."""
+
+    def __init__(self, status: Status, logs: LogBuffer, *, origin_secret: str | None = None) -> None:
+        self._origin_secret = origin_secret.encode() if origin_secret else None
         self._status = status
         self._logs = logs
         self._proxy: ReverseProxy | None = None
@@ -76,6 +94,12 @@ class AgentApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if kind in ("http", "websocket") and self._origin_secret is not None:
+            health = kind == "http" and scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD")
+            if not health and not self._from_orchestrator(scope):
+                await _refuse_stranger(scope, send)
+                return
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != _ORIGIN]}
         if kind == "http" and scope["path"] in (HEALTH_PATH, LOGS_PATH):
             try:
                 await self._own_endpoint(scope, send)
@@ -90,6 +114,11 @@ class AgentApp:
                 await _json(send, 503, {"error": "agent_error", "message": self._status.detail})
             return
         await self._proxy(scope, receive, send)
+
+    def _from_orchestrator(self, scope: Scope) -> bool:
+        assert self._origin_secret is not None
+        sent = [value for name, value in scope.get("headers", ()) if name == _ORIGIN]
+        return len(sent) == 1 and hmac.compare_digest(sent[0], self._origin_secret)
 
     async def _own_endpoint(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):

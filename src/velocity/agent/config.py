@@ -8,6 +8,9 @@ AGENT_TOKEN            sent as ``Authorization: Bearer`` when fetching the snaps
                        to the dev server
 WORKSPACE              directory the project is written into (created if missing); default: the
                        current directory
+AGENT_ORIGIN_SECRET    when set, every request but ``GET /health`` must carry it in ``x-velocity-origin``
+                       (the orchestrator's proof, on Fly's private network); removed before the
+                       dev server sees the request
 AGENT_LISTEN_FD        serve HTTP on this inherited, listening socket (a local sandbox's: the host
                        binds it where the sandbox cannot see or replace it)
 AGENT_SOCKET           serve HTTP on this unix socket path instead of TCP
@@ -42,6 +45,7 @@ class AgentConfig:
     project_id: str
     snapshot_url: str | None
     token: str | None
+    origin_secret: str | None
     workspace: Path
     socket: str | None
     listen_fd: int | None
@@ -76,6 +80,7 @@ class AgentConfig:
             project_id=project_id,
             snapshot_url=snapshot_url,
             token=env.get("AGENT_TOKEN") or None,
+            origin_secret=env.get("AGENT_ORIGIN_SECRET") or None,
             workspace=Path(env.get("WORKSPACE") or os.getcwd()).absolute(),
             socket=socket,
             listen_fd=listen_fd,

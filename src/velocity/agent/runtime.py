@@ -49,7 +49,7 @@ async def run(
 
     from velocity.agent.server import AgentServer  # the web stack, while npm runs
 
-    app = AgentApp(status, logs)
+    app = AgentApp(status, logs, origin_secret=config.origin_secret)
     server = AgentServer(app, socket_path=config.socket, port=config.port, listen_fd=config.listen_fd)
     try:
         await server.start()

@@ -74,7 +74,10 @@ def create_api(
     ) -> Caller:
         if credentials is None:
             raise Unauthorized("missing bearer token: send Authorization: Bearer <token> (velocity token)")
-        return await verifier.verify(credentials.credentials)
+        who = await verifier.verify(credentials.credentials)
+        if who.is_agent:
+            await previews.require_live_agent(who)
+        return who
 
     async def user(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if who.is_agent:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -104,6 +106,12 @@ class TokenIssuer:
         """The public anon key, as Supabase issues it (role ``anon``, no subject)."""
         return self._encode({"role": "anon", "ref": "local"}, ttl_seconds)
 
+    def origin_secret(self, preview_id: str) -> str:
+        """The secret a preview's machine expects with every request (``ORIGIN_HEADER``): derived from
+        the issuer's secret, so every orchestrator replica knows it and nothing needs storing."""
+        message = f"velocity-origin:{preview_id}".encode()
+        return hmac.new(self._secret.encode(), message, hashlib.sha256).hexdigest()
+
     def mint_agent(self, *, preview_id: str, project_id: str, ttl_seconds: float) -> str:
         claims = {
             "sub": f"agent:{preview_id}",
@@ -116,12 +124,23 @@ class TokenIssuer:
 
     def mint_preview(self, *, preview_id: str, user_id: str, audience: str, ttl_seconds: float) -> str:
         """A token good for one preview only: a signed link or the session cookie it turns into."""
-        claims = {"sub": user_id, "aud": audience, "role": "preview", "preview_id": preview_id}
+        claims = {
+            "sub": user_id,
+            "aud": audience,
+            "role": "preview",
+            "preview_id": preview_id,
+            "jti": secrets.token_urlsafe(16),  # a link is used once: its id is recorded when it is
+        }
         return self._encode(claims, ttl_seconds)
 
     def verify_preview(self, token: str, *, audience: str, preview_id: str) -> str:
         """The user a preview token was made for; ``Unauthorized`` when it is for another preview,
         expired, forged, or of another kind."""
+        return str(self.preview_claims(token, audience=audience, preview_id=preview_id)["sub"])
+
+    def preview_claims(self, token: str, *, audience: str, preview_id: str) -> dict[str, Any]:
+        """``verify_preview``'s claims: ``sub``, ``exp`` and, for tokens made since links are one-use,
+        ``jti``."""
         try:
             claims = jwt.decode(
                 token,
@@ -139,7 +158,7 @@ class TokenIssuer:
             raise Unauthorized(f"preview token rejected: {exc}") from None
         if claims.get("preview_id") != preview_id:
             raise Unauthorized("this token belongs to another preview")
-        return str(claims["sub"])
+        return dict(claims)
 
     def verify(self, token: str) -> Caller:
         """Verify a token this issuer made (signature, expiry, issuer, audience), synchronously."""

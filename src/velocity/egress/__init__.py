@@ -18,8 +18,10 @@ from velocity.egress.policy import (
     parse_allowlist,
 )
 from velocity.egress.proxy import EgressProxy, Limits, Resolver, system_resolver
+from velocity.egress.wire import CALLER_HEADER
 
 __all__ = [
+    "CALLER_HEADER",
     "Caller",
     "EgressPolicy",
     "EgressProxy",

@@ -206,7 +206,8 @@ class EgressProxy:
         up_reader, up_writer = await self._dial(
             exchange, target, f"{request.method} http://{target.host}:{target.port}{request.path}"
         )
-        up_writer.write(origin_head(request))
+        internal = target.fixed is not None  # the orchestrator: it learns which preview is calling
+        up_writer.write(origin_head(request, caller_project=exchange.caller.project_id if internal else None))
         # The body goes on while the answer comes back: a server may answer before reading it all.
         body = asyncio.create_task(relay_body(length, reader, up_writer))
         # A body that breaks off leaves the server waiting for the rest: end the exchange instead.

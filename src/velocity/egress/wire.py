@@ -86,7 +86,15 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
             raise Refused("a header line is malformed", status=400)
+        if any(c in line for c in "\r\n\0"):
+            # A bare CR or LF ends a line for some servers and not for others: a smuggled header.
+            raise Refused("a header line holds a bare CR, LF or NUL", status=400)
         headers.append((name, value.strip()))
+    if any(c in lines[0] for c in "\n\0"):
+        raise Refused("the request line holds a bare LF or NUL", status=400)
+    for framing in ("content-length", "transfer-encoding"):
+        if sum(1 for name, _ in headers if name.lower() == framing) > 1:
+            raise Refused(f"the head repeats {framing.title()}: its framing is ambiguous", status=400)
     return Head(lines[0], tuple(headers))
 
 
@@ -130,9 +138,14 @@ def parse_inner_request(head: Head, host: str, port: int) -> ProxyRequest:
     return ProxyRequest(method, host, port, path, query, head)
 
 
-def origin_head(request: ProxyRequest) -> bytes:
+# Set by the proxy on requests to an internal service (the orchestrator), naming the calling preview's
+# project; a client's own copy is always dropped. It only ever narrows what the request may do.
+CALLER_HEADER = "X-Velocity-Egress-Project"
+
+
+def origin_head(request: ProxyRequest, *, caller_project: str | None = None) -> bytes:
     """The head sent on to the server: origin-form target, its own Host, one request per connection
-    (or the upgrade the client asked for)."""
+    (or the upgrade the client asked for); with ``caller_project``, the ``CALLER_HEADER``."""
     target = request.path + (f"?{request.query}" if request.query else "")
     host = f"[{request.host}]" if ":" in request.host else request.host
     authority = host if request.port == 80 else f"{host}:{request.port}"
@@ -140,10 +153,12 @@ def origin_head(request: ProxyRequest) -> bytes:
     dropped = (
         HOP_BY_HOP
         | FORWARDING
-        | {"host"}
+        | {"host", CALLER_HEADER.lower()}
         | (frozenset() if request.wants_upgrade else frozenset({"upgrade"}))
     )
     lines += [f"{name}: {value}" for name, value in request.head.without(dropped)]
+    if caller_project is not None:
+        lines.append(f"{CALLER_HEADER}: {caller_project}")
     lines.append("Connection: Upgrade" if request.wants_upgrade else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

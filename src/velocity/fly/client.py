@@ -86,12 +86,18 @@ def _retry_unless_applied(exc: Exception) -> bool | float:
 
 
 class FlyClient:
-    """One app's machines. ``http`` carries the base URL; tests give it a mock or the emulator."""
+    """One app's machines. ``http`` carries the base URL; tests give it a mock or the emulator.
+
+    ``waits`` carries the long-polls of ``wait`` (up to 60 s each, one per watched machine): in a
+    pool of their own, they never hold the connections creates and destroys need. Without it, ``http``
+    carries them too.
+    """
 
     def __init__(
         self,
         http: httpx.AsyncClient,
         *,
+        waits: httpx.AsyncClient | None = None,
         app: str,
         token: str,
         clock: Clock | None = None,
@@ -100,6 +106,7 @@ class FlyClient:
     ) -> None:
         self.app = app
         self._http = http
+        self._waits = waits or http
         self._authorization = authorization_header(token)
         self._clock = clock or SystemClock()
         self._limiter = limiter or RateLimiter(self._clock, scale=CLIENT_MARGIN)
@@ -111,12 +118,22 @@ class FlyClient:
     ) -> FlyClient:
         if settings.fly_api_token is None or not settings.fly_api_token.get_secret_value().strip():
             raise ConfigError("FLY_API_TOKEN is not set; see docs/fly.md#tokens")
-        http = http or httpx.AsyncClient(base_url=settings.fly_api_base_url, timeout=httpx.Timeout(30.0))
+        waits = None
+        if http is None:
+            http = httpx.AsyncClient(base_url=settings.fly_api_base_url, timeout=httpx.Timeout(30.0))
+            # No cap: each watched machine holds one; the server, not our pool, bounds them.
+            waits = httpx.AsyncClient(
+                base_url=settings.fly_api_base_url,
+                timeout=httpx.Timeout(30.0),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+            )
         token = settings.fly_api_token.get_secret_value()
-        return cls(http, app=settings.fly_app_name, token=token, clock=clock)
+        return cls(http, waits=waits, app=settings.fly_app_name, token=token, clock=clock)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._waits is not self._http:
+            await self._waits.aclose()
 
     # --- apps and tokens ------------------------------------------------------------------------
     async def get_app(self, app: str | None = None) -> AppJSON:
@@ -349,7 +366,8 @@ class FlyClient:
             with attempt:
                 await self._limiter.acquire(action, key)
                 try:
-                    response = await self._http.request(
+                    http = self._waits if action == "wait" else self._http
+                    response = await http.request(
                         method, path, params=params, json=json,
                         headers={"authorization": self._authorization, **(headers or {})},
                         timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,

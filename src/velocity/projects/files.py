@@ -14,15 +14,20 @@ from velocity.domain import NotFound
 class ProjectFiles:
     def __init__(self, root: Path) -> None:
         self._root = root
+        # Users' code: readable by the orchestrator only.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
 
     def path(self, project_id: str) -> Path:
         return self._root / project_id / "snapshot.tar.gz"
 
     def save(self, project_id: str, data: bytes) -> None:
         target = self.path(project_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
-        partial.write_bytes(data)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
         os.replace(partial, target)  # readers see the old snapshot or the new one, never half of one
         key = dependencies_key(data)
         key_file = target.with_name("dependencies.key")

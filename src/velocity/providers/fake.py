@@ -27,6 +27,10 @@ class FakeProvider:
         self.specs: dict[str, MachineSpec] = {}
         self.calls: list[tuple[str, str]] = []
         self.hold_start = False
+        # As Fly's API can for a moment after a create: this many ``get`` calls answer 404 first.
+        self.unseen_gets_after_create = 0
+        self.created = asyncio.Event()  # set by the first create
+        self._unseen: dict[str, int] = {}
 
     # --- test controls ---------------------------------------------------------------------------
     def fail_next_create(self, error: ProviderError) -> None:
@@ -58,10 +62,15 @@ class FakeProvider:
         )
         self._machines[machine_id] = machine
         self.specs[machine_id] = spec
+        self._unseen[machine_id] = self.unseen_gets_after_create
+        self.created.set()
         return machine
 
     async def get(self, machine_id: str) -> Machine:
         self.calls.append(("get", machine_id))
+        if self._unseen.get(machine_id, 0) > 0:
+            self._unseen[machine_id] -= 1
+            raise NotFound(f"machine {machine_id} not found")
         try:
             return self._machines[machine_id]
         except KeyError:

@@ -47,6 +47,8 @@ class Subscription:
     claims: Claims
     token: str | None
     expiry: asyncio.Task[None] | None = None
+    # Ends this subscription as the server does (a ``system`` error, then ``phx_close``).
+    end: Callable[[str], None] | None = None
 
     @property
     def wire_topic(self) -> str:
@@ -157,6 +159,9 @@ class Channels:
 
     def subscriptions(self) -> int:
         return sum(len(channel) for channel in self._channels.values())
+
+    def every_subscription(self) -> list[Subscription]:
+        return [subscription for channel in self._channels.values() for subscription in channel]
 
     def join(self, topic: str, private: bool) -> Channel:
         channel = self._channels.get((topic, private))

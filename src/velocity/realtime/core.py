@@ -29,6 +29,11 @@ class HubLimits:
     max_frame_bytes: int = 1 << 20
     queue_frames: int = 1024
     max_channels_per_connection: int = 100
+    # Open websockets in all (Supabase's per-project "concurrent users", 200 on its free plan and 500
+    # on Pro) and per client (its address, or the key ``client_key`` gives): one client cannot take
+    # them all. Over either, the upgrade gets Supabase's 429 ``Too many connected users``.
+    max_connections: int = 500
+    max_connections_per_client: int = 50
     idle_timeout: float = 60.0  # both official clients send a heartbeat every 25 s
     close_timeout: float = 1.0
 

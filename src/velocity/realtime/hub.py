@@ -13,6 +13,7 @@ The connect-time key is checked before the upgrade: a missing or bad key gets HT
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from starlette.websockets import WebSocket
 
 from velocity.clock import Clock, SystemClock
 from velocity.domain.errors import Unauthorized
-from velocity.realtime.auth import ChannelAuthorizer, TokenVerifier, allow_all
+from velocity.realtime.auth import ChannelAuthorizer, Claims, TokenVerifier, allow_all
 from velocity.realtime.channels import Listener
 from velocity.realtime.connection import GOING_AWAY, Connection
 from velocity.realtime.core import HubCore, HubLimits, HubStats
@@ -43,7 +44,10 @@ class RealtimeHub:
         authorizer: ChannelAuthorizer = allow_all,
         limits: HubLimits | None = None,
         clock: Clock | None = None,
+        client_key: ClientKey | None = None,
     ) -> None:
+        """``client_key`` names the client a websocket counts against for
+        ``max_connections_per_client``; by default its address."""
         self._core = HubCore(
             verifier=verifier,
             authorizer=authorizer,
@@ -51,6 +55,8 @@ class RealtimeHub:
             clock=clock or SystemClock(),
         )
         self._live: dict[Connection, asyncio.Task[Any]] = {}
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._client_key = client_key or _address
         self._closed = False
         rest = BroadcastEndpoints(self._core)
         self.app = Starlette(
@@ -77,6 +83,16 @@ class RealtimeHub:
 
     def stats(self) -> HubStats:
         return self._core.stats()
+
+    def revoke(self, match: Callable[[Claims], bool], message: str) -> int:
+        """End every joined channel whose claims ``match`` (say, the tokens of a preview that ended),
+        as the server ends one whose token expires; return how many ended."""
+        ended = 0
+        for subscription in self._core.channels.every_subscription():
+            if subscription.end is not None and match(subscription.claims):
+                subscription.end(message)
+                ended += 1
+        return ended
 
     async def close(self) -> None:
         """Refuse new connections, close the open ones (code 1001) and wait for them to end."""
@@ -109,22 +125,44 @@ class RealtimeHub:
         if self._closed:
             await _deny(websocket, 503, "Realtime is shutting down")
             return
+        key = self._client_key(websocket)
+        limits = self._core.limits
+        if self._core.connections >= limits.max_connections or self._per_client[key] >= (
+            limits.max_connections_per_client
+        ):
+            logger.warning("realtime: refused a connection from %s: too many connected users", key)
+            await _deny(websocket, 429, "Too many connected users")
+            return
 
-        await websocket.accept()
-        client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
-        who = f"{client} role={claims.get('role')}" + (f" sub={claims['sub']}" if "sub" in claims else "")
-        connection = Connection(websocket, serializer, self._core, who=who)
-        session = Session(self._core, connection, token=token, claims=claims)
-        current = asyncio.current_task()
-        assert current is not None
-        self._live[connection] = current
+        # Counted before the first await, so that a burst of upgrades cannot pass the check together.
         self._core.connections += 1
+        self._per_client[key] += 1
         try:
-            await connection.run(session.handle, session.close)
+            await websocket.accept()
+            client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+            who = f"{client} role={claims.get('role')}" + (f" sub={claims['sub']}" if "sub" in claims else "")
+            connection = Connection(websocket, serializer, self._core, who=who)
+            session = Session(self._core, connection, token=token, claims=claims)
+            current = asyncio.current_task()
+            assert current is not None
+            self._live[connection] = current
+            try:
+                await connection.run(session.handle, session.close)
+            finally:
+                session.close()
+                del self._live[connection]
         finally:
-            session.close()
             self._core.connections -= 1
-            del self._live[connection]
+            self._per_client[key] -= 1
+            if not self._per_client[key]:
+                del self._per_client[key]
+
+
+ClientKey = Callable[[WebSocket], str]
+
+
+def _address(websocket: WebSocket) -> str:
+    return websocket.client.host if websocket.client else "?"
 
 
 async def _deny(websocket: WebSocket, status: int, error: str) -> None:

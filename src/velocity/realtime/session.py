@@ -153,6 +153,7 @@ class Session:
             claims=claims,
             token=token,
         )
+        subscription.end = lambda message: self._end(subscription, message)
         subscription.channel.add(subscription)
         self._subscriptions[frame.topic] = subscription
         self._schedule_expiry(subscription)

@@ -1,7 +1,7 @@
 """The ASGI entry point of the orchestrator: preview hosts to the proxy, everything else to the API.
 
-On Fly the router does not carry a preview's bytes: after the same checks it answers with a
-``fly-replay`` header naming the preview's machine, and Fly's proxy replays the request there.
+On Fly the router does not carry a preview's bytes: after the same checks it answers with a replay
+naming the preview's machine (``router/replay.py``), and Fly's proxy replays the request there.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from velocity.domain import BadRequest, NotFound, PreviewError, Unavailable
 from velocity.providers.base import AgentEndpoint
 from velocity.proxy import ReverseProxy, Upstream
 from velocity.router.gate import Gate
+from velocity.router.replay import fly_replay, replay_answer, replayable
 from velocity.service import PreviewService
 
 # A request for a preview still booting waits this long before it gets a 503.
 ROUTE_WAIT_SECONDS = 60.0
+# The agent's own endpoints, which its machine answers before the app: the orchestrator's to read
+# (the owner sees the logs through the API), never anyone's with the preview URL.
+AGENT_HEALTH_PATH = "/health"
+AGENT_PREFIX = "/__velocity/"
 
 _current_preview: contextvars.ContextVar[str] = contextvars.ContextVar("velocity_preview")
 
@@ -71,11 +76,20 @@ class PreviewRouter:
             if self._gate is not None:
                 if await self._gate.sign_in_if_asked(preview_id, scope, send):
                     return
-                scope = await self._gate.admit(preview_id, scope)
-            if self._replay_app is not None:
-                await self._replay(preview_id, self._replay_app, scope, send)
+                admitted = await self._gate.admit(preview_id, scope)
             else:
-                await self._proxy(scope, receive, send)
+                admitted = scope
+            _refuse_agent_paths(preview_id, scope)
+            if _has(scope, b"fly-replay-failed"):
+                raise Unavailable(
+                    f"preview {preview_id}'s machine did not take the request Fly's proxy replayed to it; "
+                    "retry shortly"
+                )
+            if self._replay_app is not None and replayable(scope):
+                await self._replay(preview_id, self._replay_app, scope, admitted, send)
+            else:
+                # Locally; and on Fly for a body Fly's proxy cannot replay, over the private network.
+                await self._proxy(admitted, receive, send)
         except PreviewError as exc:
             await _error_page(scope, send, exc)
         finally:
@@ -85,13 +99,20 @@ class PreviewRouter:
         endpoint = await self._checked(_current_preview.get())
         return Upstream(base_url=endpoint.base_url, uds=endpoint.uds, headers=endpoint.headers)
 
-    async def _replay(self, preview_id: str, app: str, scope: Scope, send: Send) -> None:
+    async def _replay(self, preview_id: str, app: str, original: Scope, admitted: Scope, send: Send) -> None:
         await self._checked(preview_id)
         # Ready by now (or _checked raised): this only reads the row, for its machine id.
         preview = await self._service.settled(preview_id, timeout=0)
         if preview.machine_id is None:
             raise Unavailable(f"preview {preview_id} has no machine yet; retry shortly")
-        await _replay_answer(scope, send, app=app, machine_id=preview.machine_id)
+        replay = fly_replay(
+            app=app,
+            machine_id=preview.machine_id,
+            original=original,
+            admitted=admitted,
+            origin_secret=self._service.origin_secret(preview_id),
+        )
+        await replay_answer(original, send, replay)
 
     async def _checked(self, preview_id: str) -> AgentEndpoint:
         """The preview's agent, once the id is well formed and the preview serves; counts as activity."""
@@ -114,33 +135,25 @@ class PreviewRouter:
         await self._proxy.aclose()
 
 
+def _refuse_agent_paths(preview_id: str, scope: Scope) -> None:
+    path = str(scope.get("path", "/"))
+    if path == AGENT_HEALTH_PATH or path.startswith(AGENT_PREFIX):
+        raise NotFound(
+            f"{path} is the preview machine's own endpoint, not served on the preview URL: its owner "
+            f"reads the logs with GET /v1/previews/{preview_id}/logs and the state with "
+            f"GET /v1/previews/{preview_id}"
+        )
+
+
+def _has(scope: Scope, wanted: bytes) -> bool:
+    return any(name == wanted for name, _ in scope.get("headers", ()))
+
+
 def _host(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"host":
             return str(value.decode("latin-1"))
     return ""
-
-
-async def _replay_answer(scope: Scope, send: Send, *, app: str, machine_id: str) -> None:
-    """Fly's proxy replays a request whose answer carries ``fly-replay`` and drops that answer; the
-    status and body are for a client that reached the router without Fly's proxy in front."""
-    body = (
-        f"fly-replay to machine {machine_id} of app {app}: only Fly's proxy acts on this answer\n"
-    ).encode()
-    headers = [
-        (b"fly-replay", f"app={app};instance={machine_id}".encode()),
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"cache-control", b"no-store"),
-    ]
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 409, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        # The replay happens on the upgrade request, so the header goes on an HTTP answer to it.
-        await send({"type": "websocket.http.response.start", "status": 409, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1011, "reason": "fly-replay needs Fly's proxy"})
 
 
 async def _error_page(scope: Scope, send: Send, exc: PreviewError) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 from velocity.auth import Caller, TokenIssuer
@@ -49,10 +50,20 @@ class PreviewAccess:
 
     async def open_session(self, preview_id: str, link_token: str) -> Session:
         """Exchange a signed link for a session cookie that lasts as long as the preview may."""
-        user_id = self._issuer.verify_preview(link_token, audience=ACCESS_AUDIENCE, preview_id=preview_id)
+        claims = self._issuer.preview_claims(link_token, audience=ACCESS_AUDIENCE, preview_id=preview_id)
+        user_id = str(claims["sub"])
         preview = await self._store.find_preview(preview_id)
         if preview is None or not preview.is_live:
             raise NotFound(f"no live preview {preview_id}")
+        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not await self._store.use_link(
+            jti, expires_at=expires, now=self._clock.now()
+        ):
+            raise Unauthorized(
+                "this preview link has been used already (each link signs in one browser, once): "
+                "open the preview again from the editor for a new link"
+            )
         seconds = max(1, int((preview.expires_at - self._clock.now()).total_seconds()))
         cookie = self._issuer.mint_preview(
             preview_id=preview_id, user_id=user_id, audience=SESSION_AUDIENCE, ttl_seconds=seconds

@@ -30,8 +30,10 @@ from velocity.domain import (
     PreviewState,
     ProviderError,
     TooManyRequests,
+    Unauthorized,
     Unavailable,
 )
+from velocity.domain.agent_contract import ORIGIN_HEADER
 from velocity.policy import Limits, TokenBuckets, machines_to_destroy, verdict
 from velocity.projects import ProjectFiles
 from velocity.providers.base import (
@@ -60,8 +62,16 @@ ID_LENGTH = 12
 ACTIVITY_FLUSH = timedelta(seconds=5)
 # How long one long-poll to an agent may last; the readiness deadline is checked between polls.
 AGENT_POLL_SECONDS = 20.0
-# How long to wait between attempts while an agent's socket is not answering yet.
+# How long to wait between attempts while an agent is not answering yet: from the first, doubling
+# up to the most (a local agent answers within milliseconds; a Fly machine's name resolves only
+# once it has started).
 AGENT_RETRY_SECONDS = 0.02
+AGENT_RETRY_MAX_SECONDS = 1.0
+# While its agent does not answer, ask the provider about the machine at most this often.
+MACHINE_CHECK_SECONDS = 2.0
+# Fly's API can answer 404 for a machine it has just created (flyctl retries that 404): a machine
+# younger than this that is not found is taken as still coming, not as gone.
+NEWBORN_SECONDS = 10.0
 
 
 def new_preview_id() -> str:
@@ -109,6 +119,14 @@ class PreviewService:
         self._flushed: dict[str, datetime] = {}
         # Activity seen by this process and not yet written: the reaper counts it too.
         self._seen: dict[str, datetime] = {}
+        self._end_hooks: list[Callable[[Preview], None]] = []
+
+    def on_end(self, hook: Callable[[Preview], None]) -> None:
+        """Call ``hook`` with each preview once this service has ended it (stopped, failed, deleted)."""
+        self._end_hooks.append(hook)
+
+    async def require_live_agent(self, caller: Caller) -> None:
+        await require_live_agent(self._store, preview_id=caller.preview_id, project_id=caller.project_id)
 
     # --- use cases -------------------------------------------------------------------------------
     async def create(self, caller: Caller, project_id: str) -> tuple[Preview, bool]:
@@ -152,8 +170,8 @@ class PreviewService:
         if preview.state != PreviewState.BOOTING or preview.machine_id is None:
             return preview.state.value
         try:
-            endpoint = self._endpoints.get(preview.id) or self._provider.endpoint(
-                await self._provider.get(preview.machine_id)
+            endpoint = self._endpoints.get(preview.id) or self._agent_endpoint(
+                preview.id, await self._provider.get(preview.machine_id)
             )
             return (await self._agents.health(endpoint)).state
         except PreviewError:
@@ -275,9 +293,18 @@ class PreviewService:
             return cached
         if preview.machine_id is None:
             raise Unavailable(f"preview {preview.id} has no machine yet")
-        endpoint = self._provider.endpoint(await self._provider.get(preview.machine_id))
+        endpoint = self._agent_endpoint(preview.id, await self._provider.get(preview.machine_id))
         self._endpoints[preview.id] = endpoint
         return endpoint
+
+    def _agent_endpoint(self, preview_id: str, machine: Machine) -> AgentEndpoint:
+        """The machine's agent as the provider reaches it, with the proof that a request is ours (the
+        router's replays carry it too)."""
+        endpoint = self._provider.endpoint(machine)
+        return replace(endpoint, headers={**endpoint.headers, ORIGIN_HEADER: self.origin_secret(preview_id)})
+
+    def origin_secret(self, preview_id: str) -> str:
+        return self._issuer.origin_secret(preview_id)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def machine_spec(self, preview: Preview) -> MachineSpec:
@@ -290,6 +317,7 @@ class PreviewService:
             "PREVIEW_ID": preview.id,
             "SNAPSHOT_URL": f"{s.orchestrator_url}/v1/projects/{preview.project_id}/snapshot",
             "AGENT_TOKEN": token,
+            "AGENT_ORIGIN_SECRET": self._issuer.origin_secret(preview.id),
             "CONTAINER_INTERNAL_PORT": str(s.container_internal_port),
             "SUPABASE_URL": s.supabase_url or s.orchestrator_url,
             "SUPABASE_ANON_KEY": s.supabase_anon_key.get_secret_value() if s.supabase_anon_key else "",
@@ -342,8 +370,18 @@ class PreviewService:
         await self._await_ready(booting, machine)
 
     async def _await_ready(self, preview: Preview, machine: Machine) -> None:
-        endpoint = self._provider.endpoint(machine)
+        endpoint = self._agent_endpoint(preview.id, machine)
         deadline = preview.created_at + self.limits.readiness
+        if machine.state != MachineState.STARTED:
+            # One long wait on the provider (Fly's Machines API ``wait``) rather than polling the
+            # agent of a machine that is not running yet.
+            with contextlib.suppress(Unavailable, NotFound):
+                remaining = (deadline - self._clock.now()).total_seconds()
+                await self._provider.wait(
+                    machine.id, state=MachineState.STARTED, timeout=max(1.0, min(remaining, 60.0))
+                )
+        retry = AGENT_RETRY_SECONDS
+        checked = self._clock.now()
         while True:
             remaining = (deadline - self._clock.now()).total_seconds()
             if remaining <= 0:
@@ -353,11 +391,14 @@ class PreviewService:
             try:
                 health = await self._agents.health(endpoint, wait_ready=min(remaining, AGENT_POLL_SECONDS))
             except AgentError:
-                reason = await self._machine_exit(machine.id)
-                if reason is not None:
-                    await self.fail(preview.id, reason)
-                    return
-                await self._clock.sleep(AGENT_RETRY_SECONDS)
+                if (self._clock.now() - checked).total_seconds() >= MACHINE_CHECK_SECONDS:
+                    checked = self._clock.now()
+                    reason = await self._machine_exit(machine.id, born=machine.created_at)
+                    if reason is not None:
+                        await self.fail(preview.id, reason)
+                        return
+                await self._clock.sleep(retry)
+                retry = min(retry * 2, AGENT_RETRY_MAX_SECONDS)
                 continue
             if health.failed:
                 await self.fail(preview.id, f"agent reported failure: {health.detail or 'no detail'}")
@@ -381,11 +422,14 @@ class PreviewService:
         if ready is not None:
             self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
 
-    async def _machine_exit(self, machine_id: str) -> str | None:
-        """Why the machine no longer runs, or ``None`` while it still does."""
+    async def _machine_exit(self, machine_id: str, *, born: datetime | None = None) -> str | None:
+        """Why the machine no longer runs, or ``None`` while it still does (or, ``born`` moments ago,
+        may not be visible yet)."""
         try:
             machine = await self._provider.get(machine_id)
         except NotFound:
+            if born is not None and (self._clock.now() - born).total_seconds() < NEWBORN_SECONDS:
+                return None
             return f"machine {machine_id} disappeared"
         if machine.state in STOPPED_OR_BEYOND:
             return f"machine {machine.state.value}: {machine.exit_reason or 'no reason given'}"
@@ -470,14 +514,17 @@ class PreviewService:
         updated = await self._store.update_preview(preview_id, **changes)
         for waiter in self._waiters.get(preview_id, ()):
             waiter.set()
+        if updated is not None and not updated.is_live:
+            for hook in self._end_hooks:
+                hook(updated)
         return updated
 
     async def _last_lines(self, preview: Preview, tail: int = 50) -> tuple[str, ...]:
         if preview.machine_id is None:
             return ()
         try:
-            endpoint = self._endpoints.get(preview.id) or self._provider.endpoint(
-                await self._provider.get(preview.machine_id)
+            endpoint = self._endpoints.get(preview.id) or self._agent_endpoint(
+                preview.id, await self._provider.get(preview.machine_id)
             )
             entries = await self._agents.logs(endpoint, tail=tail)
             return tuple(str(e.get("line", "")) for e in entries)
@@ -552,6 +599,16 @@ class PreviewService:
         # A database write cancelled half-way would leave its driver thread talking to a closed loop.
         await self._tasks.finish("touch:")
         await self._tasks.close()
+
+
+async def require_live_agent(store: Store, *, preview_id: str | None, project_id: str | None) -> None:
+    """An agent's token is good only while its own preview lives: it ends with the preview, and
+    never speaks for another preview of the project."""
+    preview = await store.find_preview(preview_id) if preview_id else None
+    if preview is None or not preview.is_live or preview.project_id != project_id:
+        raise Unauthorized(
+            f"this agent token's preview {preview_id} has ended (or never existed): the token is revoked"
+        )
 
 
 def require_owner_or_agent(caller: Caller, *, owner_id: str, project_id: str) -> None:

@@ -46,9 +46,10 @@ class ProjectService:
             raise Forbidden(f"project {project_id} belongs to another user; choose another id")
         # In a thread: checking a large tarball takes a while, and the event loop serves everyone.
         snapshot = await asyncio.to_thread(read_snapshot, archive, max_bytes=self._max_bytes)
-        self._files.save(project_id, snapshot.data)
         now = self._clock.now()
-        return await self._store.save_project(
+        # The store decides ownership in one transaction (another first import may have won since
+        # the check above); only then is the snapshot written, so a refused import touches nothing.
+        saved = await self._store.save_project(
             Project(
                 id=project_id,
                 owner_id=caller.subject,
@@ -60,6 +61,8 @@ class ProjectService:
                 public=public if public is not None else (existing.public if existing else False),
             )
         )
+        self._files.save(project_id, snapshot.data)
+        return saved
 
     async def list_projects(self, caller: Caller) -> list[Project]:
         return await self._store.list_projects(owner_id=caller.subject)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from velocity.domain import (
     LIVE_STATES,
+    Conflict,
+    Forbidden,
     NotFound,
     Preview,
     PreviewEvent,
@@ -27,7 +30,7 @@ from velocity.domain import (
     Project,
     QuotaExceeded,
 )
-from velocity.store.tables import preview_events, previews, projects
+from velocity.store.tables import preview_events, previews, projects, used_links
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -83,6 +86,17 @@ class Store:
 
         async with self._writing() as conn:
             await conn.run_sync(upgrade)
+        self._restrict_database_file()
+
+    def _restrict_database_file(self) -> None:
+        """A SQLite database holds every user's previews and tokens' subjects: owner-only, like a
+        server's data directory."""
+        url = self._engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(url.database + suffix, 0o600)
 
     async def dispose(self) -> None:
         if self._inflight:  # operations whose callers were cancelled still finish first
@@ -239,9 +253,23 @@ class Store:
         async with self._writing() as conn:
             await conn.execute(query)
 
+    # --- signed links -----------------------------------------------------------------------------
+    @_whole
+    async def use_link(self, jti: str, *, expires_at: datetime, now: datetime) -> bool:
+        """Record that the link ``jti`` has been used; False when it already was. Expired records go."""
+        try:
+            async with self._writing() as conn:
+                await conn.execute(used_links.delete().where(used_links.c.expires_at < now))
+                await conn.execute(used_links.insert().values(jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
     # --- projects --------------------------------------------------------------------------------
     @_whole
     async def save_project(self, project: Project) -> Project:
+        """Create the project, or update it for its owner; ``Forbidden`` when another user owns the
+        id. One transaction decides, so of two first imports of an id exactly one creates it."""
         values = {
             "id": project.id,
             "owner_id": project.owner_id,
@@ -252,14 +280,24 @@ class Store:
             "updated_at": project.updated_at,
             "public": project.public,
         }
-        async with self._writing() as conn:
-            existing = (await conn.execute(projects.select().where(projects.c.id == project.id))).first()
-            if existing is None:
-                await conn.execute(projects.insert().values(**values))
-            else:
-                del values["created_at"]
-                await conn.execute(projects.update().where(projects.c.id == project.id).values(**values))
-        return await self.get_project(project.id)
+        for _ in range(2):  # a concurrent insert of the same id wins once; then this one updates
+            try:
+                async with self._writing() as conn:
+                    query = projects.select().where(projects.c.id == project.id)
+                    existing = (await conn.execute(query)).mappings().first()
+                    if existing is None:
+                        await conn.execute(projects.insert().values(**values))
+                    elif existing["owner_id"] != project.owner_id:
+                        raise Forbidden(f"project {project.id} belongs to another user; choose another id")
+                    else:
+                        changes = {k: v for k, v in values.items() if k not in ("created_at", "owner_id")}
+                        await conn.execute(
+                            projects.update().where(projects.c.id == project.id).values(**changes)
+                        )
+                return await self.get_project(project.id)
+            except IntegrityError:
+                continue
+        raise Conflict(f"project {project.id} is being imported by someone else; try again")
 
     @_whole
     async def get_project(self, project_id: str) -> Project:

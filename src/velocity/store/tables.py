@@ -58,3 +58,12 @@ projects = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("public", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+# Signed preview links already exchanged for a session: a link opens a preview once.
+used_links = sa.Table(
+    "used_links",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_used_links_expires", "expires_at"),
+)

@@ -8,9 +8,11 @@ second of ``npm ci``). Keys include the owner (``MachineSpec.cache_key``): a san
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -24,6 +26,10 @@ class ModulesCache:
     def __init__(self, root: Path | None, *, entries: int) -> None:
         self._root = root
         self._entries = entries
+        if root is not None:
+            # What sandboxes wrote (setuid files included) is reachable by no other host user.
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            root.chmod(0o700)
 
     def link(self, key: str, workspace: Path) -> bool:
         """Hard-link the kept ``node_modules`` of ``key`` into ``workspace``; False when there is none."""
@@ -44,10 +50,13 @@ class ModulesCache:
     def keep(self, key: str, workspace: Path) -> bool:
         """Move a finished install's ``node_modules`` into the cache; False when it is not kept.
 
-        Only a complete install counts (npm writes ``node_modules/.package-lock.json`` last).
+        Only a complete install counts (npm writes ``node_modules/.package-lock.json`` last). The tree
+        was written by the sandbox, so nothing here follows a link it may have planted: a
+        ``node_modules`` that is a link, or whose marker is one, is not kept, and scratch entries that
+        are links are removed as links.
         """
         modules = workspace / "node_modules"
-        if self._root is None or not (modules / ".package-lock.json").is_file():
+        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
             return False
         if (self._root / key).exists():
             os.utime(self._root / key)
@@ -57,7 +66,7 @@ class ModulesCache:
             staging.mkdir(parents=True)
             os.rename(modules, staging / "node_modules")
             for scratch in SCRATCH:
-                shutil.rmtree(staging / "node_modules" / scratch, ignore_errors=True)
+                _remove(staging / "node_modules" / scratch)
             os.rename(staging, self._root / key)
         except OSError as exc:  # a concurrent keeper won, or another filesystem
             log.info("not keeping dependencies under %s: %s", key, exc)
@@ -73,3 +82,27 @@ class ModulesCache:
         )
         for stale in kept[: max(0, len(kept) - self._entries)]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` without following it: a link goes as a link, a directory with ``rmtree``
+    (which never follows the links inside)."""
+    if _real_dir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

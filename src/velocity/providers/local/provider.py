@@ -138,9 +138,10 @@ class LocalSandboxProvider:
                 shutil.rmtree(home, ignore_errors=True)
                 raise SandboxUnavailable(f"could not open the sandbox's egress proxy: {exc}") from exc
         group = self._make_cgroup(machine_id, spec)
-        command = self._command(machine_id, paths, group)
+        arguments = _ArgumentsFile()
+        command = self._command(machine_id, paths, group, arguments)
         env = self._env(spec, home, paths)
-        with (home / "console.log").open("ab") as console:
+        with (home / "console.log").open("ab") as console, arguments:
             env["AGENT_LISTEN_FD"] = str(listener.fileno())
             try:
                 proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec of a shell returns in a few ms
@@ -151,7 +152,7 @@ class LocalSandboxProvider:
                     env=env,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(listener.fileno(),),
+                    pass_fds=(listener.fileno(), *arguments.fds),
                 )
             except OSError as exc:
                 if group:
@@ -264,7 +265,11 @@ class LocalSandboxProvider:
 
     # --- sandboxes -------------------------------------------------------------------------------
     def _command(
-        self, machine_id: str, paths: SandboxPaths, group: cgroups.Cgroup | None
+        self,
+        machine_id: str,
+        paths: SandboxPaths,
+        group: cgroups.Cgroup | None,
+        arguments: _ArgumentsFile,
     ) -> builtins.list[str]:
         home = self._options.root / machine_id
         procs = " ".join(str(p) for p in group.procs_files) if group else ""
@@ -274,8 +279,9 @@ class LocalSandboxProvider:
         else:
             egress = home / "egress" if self._network is not None else None
             args = bwrap_args(paths, hostname=machine_id, runtime=self._runtime, egress=egress)
-            inner = [*args, "--", *agent]
-            inner[0] = self._bwrap
+            # bubblewrap reads its options from a descriptor (and closes it), so the sandbox's
+            # /proc/1/cmdline shows no host path.
+            inner = [self._bwrap, "--args", str(arguments.hold(args[1:])), "--", *agent]
             if self._drop_to is not None:
                 uid = str(self._drop_to)
                 inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *inner]
@@ -438,6 +444,28 @@ class LocalSandboxProvider:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+
+class _ArgumentsFile:
+    """NUL-separated arguments in an anonymous memory file, for ``bwrap --args FD``."""
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, ...] = ()
+
+    def hold(self, args: builtins.list[str]) -> int:
+        fd = os.memfd_create("bwrap-args", 0)  # inheritable: no MFD_CLOEXEC
+        os.write(fd, b"".join(os.fsencode(a) + b"\0" for a in args))
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.fds = (*self.fds, fd)
+        return fd
+
+    def __enter__(self) -> _ArgumentsFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = ()
 
 
 def agent_socket(home: Path) -> Path:

