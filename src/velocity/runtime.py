@@ -97,6 +97,7 @@ def make_provider(settings: Settings) -> MachineProvider:
                 network=network,
                 root=settings.data_dir / "sandboxes",
                 npm_cache=settings.npm_cache_dir,
+                npm_cache_mb=settings.local_npm_cache_mb,
                 modules_cache=settings.modules_cache_dir,
                 modules_cache_entries=settings.local_modules_cache_entries,
                 sandbox_uid=settings.local_sandbox_uid,

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     container_memory_mb: int = Field(
         512, ge=128, le=65536, description="CONTAINER_MEMORY_MB: memory per machine, MiB"
     )
+    container_disk_mb: int = Field(
+        2048,
+        ge=64,
+        le=1048576,
+        description="CONTAINER_DISK_MB: what a local sandbox may write to its workspace, MiB (a disk "
+        "of its own; writes beyond fail with ENOSPC)",
+    )
     container_cpu_count: int = Field(1, ge=1, le=16, description="CONTAINER_CPU_COUNT: vCPUs per machine")
     container_cpu_kind: str = Field(
         "shared", pattern="^(shared|performance)$", description="CONTAINER_CPU_KIND: shared or performance"
@@ -160,6 +167,12 @@ class Settings(BaseSettings):
     local_npm_cache_dir: Path | None = Field(
         None,
         description="LOCAL_NPM_CACHE_DIR: where local sandboxes' npm caches live, one per user; data dir's cache/npm when unset",
+    )
+    local_npm_cache_mb: int = Field(
+        2048,
+        ge=64,
+        description="LOCAL_NPM_CACHE_MB: each user's npm cache, MiB (a disk of its own, started afresh "
+        "when over 80% full at the end of the user's last sandbox)",
     )
     local_modules_cache_dir: Path | None = Field(
         None,

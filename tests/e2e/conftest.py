@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Live, live_orchestrator, modules_cache, warm_npm_cache
+from velocity.providers.local import disks
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def npm_cache() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="vp-npm-"))
     warm_npm_cache(path)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    disks.discard(path)  # with any user's npm cache a failed test left mounted
     shutil.rmtree(modules_cache(path), ignore_errors=True)
 
 

@@ -22,7 +22,7 @@ from velocity.emulator import FlyEmulator
 from velocity.emulator.fleet import EmulatedMachine
 from velocity.emulator.health import probe_http
 from velocity.projects import pack_directory
-from velocity.providers.local import LocalSandboxProvider, SandboxOptions
+from velocity.providers.local import LocalSandboxProvider, SandboxOptions, disks
 from velocity.server import Running, running
 from velocity.settings import Settings
 
@@ -84,7 +84,9 @@ class Live:
 
     async def ask(self, preview_id: str, endpoint: str, **query: Any) -> dict[str, Any]:
         """GET ``endpoint`` of a test project's dev server (it answers JSON) and return the answer."""
-        response = await self.fetch(preview_id, f"{endpoint}?{urlencode(query)}" if query else endpoint)
+        response = await self.fetch(
+            preview_id, f"{endpoint}?{urlencode(query, doseq=True)}" if query else endpoint
+        )
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -156,7 +158,7 @@ async def live_orchestrator(
                 yield Live(orchestrator, api, token)
     finally:
         if owned:
-            shutil.rmtree(data, ignore_errors=True)
+            disks.discard(data)  # with any sandbox disk a failed test left mounted
 
 
 def modules_cache(npm_cache: Path) -> Path:

@@ -143,11 +143,13 @@ async def test_a_restarted_orchestrator_adopts_the_running_sandboxes(npm_cache: 
 
 
 async def test_a_users_next_preview_starts_from_the_dependencies_their_last_one_installed(live: Live) -> None:
-    """node_modules are kept per owner and lockfile and hard-linked in; another user gets none."""
+    """node_modules are kept per owner and lockfile (the session's first build left the example's): the
+    owner's next preview installs nothing, and another user's installs its own."""
     await live.import_project(EXAMPLE, "example")
     mine = await live.settled((await live.create("example"))["id"])
+    assert mine["state"] == "ready"
+    assert not await _installed(live, mine["id"]), "started from the owner's kept node_modules"
     react = workspace(live, mine["machine_id"]) / "node_modules" / "react" / "package.json"
-    assert react.stat().st_nlink > 1, "linked from the session's kept node_modules"
     other_token = live.running.runtime.issuer.mint_user("someone-else")
     other = {"Authorization": f"Bearer {other_token}"}
     await live.api.put(
@@ -158,5 +160,15 @@ async def test_a_users_next_preview_starts_from_the_dependencies_their_last_one_
     created = (await live.api.post("/v1/previews", json={"project_id": "theirs"}, headers=other)).json()
     theirs = await live.running.runtime.previews.settled(created["id"], timeout=90)
     assert theirs.state.value == "ready"
+    assert await _installed(live, created["id"], headers=other), "another user never gets the owner's"
     their_react = workspace(live, theirs.machine_id or "") / "node_modules" / "react" / "package.json"
-    assert their_react.stat().st_ino != react.stat().st_ino
+    assert (their_react.stat().st_dev, their_react.stat().st_ino) != (
+        react.stat().st_dev,
+        react.stat().st_ino,
+    )
+
+
+async def _installed(live: Live, preview_id: str, headers: dict[str, str] | None = None) -> bool:
+    """Whether the preview's agent ran the package manager (its output is the ``install`` stream)."""
+    logs = (await live.api.get(f"/v1/previews/{preview_id}/logs", headers=headers)).json()
+    return any(line["stream"] == "install" for line in logs["lines"])

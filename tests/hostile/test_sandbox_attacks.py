@@ -6,6 +6,7 @@ Each attack is a row of docs/security.md's table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from pathlib import Path
@@ -139,3 +140,89 @@ async def test_the_realtime_hub_is_no_way_around_the_egress_allowlist(npm_cache:
         )
         assert outside.status_code == 202, outside.text
         assert heard and heard[0][0] == "hello"
+
+
+# Tries each call a dev server never needs, from user code, and names the error each one got.
+SYSCALLS = r"""
+import ctypes, errno, json, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+number = {"x86_64": {"keyctl": 250, "bpf": 321, "clone3": 435},
+          "aarch64": {"keyctl": 219, "bpf": 280, "clone3": 435}}[platform.machine()]
+def attempt(call):
+    ctypes.set_errno(0)
+    return "allowed" if call() >= 0 else errno.errorcode[ctypes.get_errno()]
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    return os.waitpid(pid, 0)[1]
+print(json.dumps({
+    "a new user namespace": attempt(lambda: libc.unshare(0x10000000)),
+    "a new mount namespace": attempt(lambda: libc.unshare(0x00020000)),
+    "a mount": attempt(lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+    "ptrace of pid 1": attempt(lambda: libc.ptrace(16, 1, 0, 0)),
+    "keyctl": attempt(lambda: libc.syscall(number["keyctl"], 0, 0, 0, 0, 0)),
+    "bpf": attempt(lambda: libc.syscall(number["bpf"], 0, 0, 0)),
+    "clone3": attempt(lambda: libc.syscall(number["clone3"], 0, 0)),
+    "fork": attempt(fork),
+}))
+"""
+
+
+async def test_user_code_cannot_make_namespaces_trace_or_reach_kernel_facilities(npm_cache: Path) -> None:
+    """A seccomp filter refuses what a dev server never needs (new namespaces, ptrace, keyrings, BPF,
+    mounts) while the preview itself (npm, the dev server, its children) works as ever."""
+    async with live_orchestrator(npm_cache=npm_cache) as live:
+        ready = await live.started(INTRUDER, "my-app")
+        status = (await live.ask(ready["id"], "/read", path="/proc/self/status"))["text"]
+        assert "Seccomp:\t2" in status, "user code runs under a seccomp filter"
+
+        probe = await live.ask(ready["id"], "/exec", cmd="/usr/bin/python3", arg=["-c", SYSCALLS])
+        assert probe["status"] == 0, probe
+        assert json.loads(probe["stdout"]) == {
+            "a new user namespace": "EPERM",
+            "a new mount namespace": "EPERM",
+            "a mount": "EPERM",
+            "ptrace of pid 1": "EPERM",
+            "keyctl": "EPERM",
+            "bpf": "EPERM",
+            "clone3": "ENOSYS",
+            "fork": "allowed",
+        }
+        nested = await live.ask(
+            ready["id"], "/exec", cmd="unshare", arg=["--user", "--map-root-user", "true"]
+        )
+        assert nested["status"] != 0 and "Operation not permitted" in nested["stderr"], nested
+
+
+async def test_a_sandbox_fills_only_its_own_disks_and_its_console_starts_over(npm_cache: Path) -> None:
+    """The workspace is a disk of CONTAINER_DISK_MB and the user's npm cache one of LOCAL_NPM_CACHE_MB:
+    writing past either fails with ENOSPC inside the sandbox, and on the host each is a sparse file that
+    holds no more than its size. A dev server printing without end leaves a console of a few MiB."""
+    async with (
+        live_orchestrator(npm_cache=npm_cache, container_disk_mb=128, local_npm_cache_mb=96) as live,
+        live.as_user("filler") as filler,
+    ):
+        ready = await filler.started(INTRUDER, "big-app")
+        home = live.settings.data_dir / "sandboxes" / ready["machine_id"]
+
+        workspace = await filler.ask(ready["id"], "/fill", path="/workspace/big.bin", mb=400)
+        assert workspace["error"] == "ENOSPC" and 100 <= workspace["written"] < 128, workspace
+        cache = await filler.ask(ready["id"], "/fill", path="/cache/npm/big.bin", mb=400)
+        assert cache["error"] == "ENOSPC" and 70 <= cache["written"] < 96, cache
+        (image,) = [i for i in npm_cache.glob("*.img") if (i.with_suffix("") / "big.bin").exists()]
+        for disk, size_mb in ((home / "workspace.img", 128), (image, 96)):
+            assert disk.stat().st_blocks * 512 <= size_mb << 20, disk
+
+        await filler.ask(ready["id"], "/shout", mb=12)
+        console = home / "console.log"
+        assert console.stat().st_size <= (4 << 20) + (256 << 10), console.stat().st_size
+        assert console.read_text().startswith("agent: the console passed"), "it started over"
+
+        # The host's own files are untouched by all of it; the disks go with the machine.
+        deleted = await filler.api.delete(f"/v1/previews/{ready['id']}")
+        assert deleted.json()["state"] == "stopped"
+        assert not home.exists()
+        assert not os.path.ismount(image.with_suffix("")), (
+            "the user's cache is unmounted with their last sandbox"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,9 @@ Stream = Literal["stdout", "stderr", "install", "agent"]
 
 CAPACITY = 2000
 MAX_LINE = 4000  # characters; a minified bundle printed on one line must not take the buffer's memory
+# The console (the machine's log file, when stdout is one) starts over past this many bytes, so a
+# dev server printing without end cannot fill the host's disk; the last lines are always there.
+CONSOLE_LIMIT = 4 << 20
 
 
 def iso(epoch: float) -> str:
@@ -34,9 +38,17 @@ class LogLine:
 class LogBuffer:
     """A ring of the last ``capacity`` lines."""
 
-    def __init__(self, capacity: int = CAPACITY, echo: TextIO | None = sys.stdout) -> None:
+    def __init__(
+        self,
+        capacity: int = CAPACITY,
+        echo: TextIO | None = sys.stdout,
+        *,
+        console_limit: int = CONSOLE_LIMIT,
+    ) -> None:
         self._lines: collections.deque[LogLine] = collections.deque(maxlen=capacity)
         self._echo = echo
+        self._echoed = 0
+        self._console_limit = console_limit
         self._listeners: list[Callable[[LogLine], None]] = []
 
     def subscribe(self, listener: Callable[[LogLine], None]) -> Callable[[], None]:
@@ -54,13 +66,30 @@ class LogBuffer:
         for listener in list(self._listeners):
             listener(entry)
         if self._echo is not None:
+            text = f"{stream}: {line}\n"
             try:
-                self._echo.write(f"{stream}: {line}\n")
+                if self._echoed + len(text) > self._console_limit:
+                    self._start_console_over()
+                self._echo.write(text)
                 self._echo.flush()
+                self._echoed += len(text)
             except (OSError, ValueError):
                 # Nobody reads the agent's stdout any more. Stop echoing rather than fail the pumps,
                 # which would leave the children blocked on full pipes.
                 self._echo = None
+
+    def _start_console_over(self) -> None:
+        """Empty the console file and say so; a console that is no file (a pipe, a terminal) only
+        restarts the count."""
+        assert self._echo is not None
+        self._echoed = 0
+        try:
+            os.ftruncate(self._echo.fileno(), 0)
+        except (OSError, ValueError):
+            return
+        notice = f"agent: the console passed {self._console_limit} bytes and started over\n"
+        self._echo.write(notice)
+        self._echoed = len(notice)
 
     def agent(self, message: str) -> None:
         self.add("agent", message)

@@ -52,6 +52,9 @@ class MachineSpec:
     env: Mapping[str, str]
     metadata: Mapping[str, str]
     region: str | None = None
+    # What the machine may write (its workspace), MiB; the local provider enforces it, Fly's rootfs
+    # is the machine's own.
+    disk_mb: int = 2048
     # Machines with the same key may start from the same installed dependencies (same owner, same
     # package.json and lockfile); a provider without such a cache ignores it.
     cache_key: str | None = None

@@ -334,6 +334,7 @@ class PreviewService:
             cache_key=self._cache_key(preview),
             image=s.preview_container_image,
             memory_mb=s.container_memory_mb,
+            disk_mb=s.container_disk_mb,
             cpus=s.container_cpu_count,
             cpu_kind=s.container_cpu_kind,
             internal_port=s.container_internal_port,

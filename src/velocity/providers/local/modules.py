@@ -1,8 +1,11 @@
 """Installed ``node_modules`` kept between sandboxes, per owner and lockfile.
 
-A sandbox that ends after a complete install leaves its ``node_modules`` here (moved, not copied);
-the next machine with the same key gets it hard-linked in (``cp -al``, a few milliseconds, against a
-second of ``npm ci``). Keys include the owner (``MachineSpec.cache_key``): a sandbox can write to its
+A sandbox that ends after a complete install leaves its ``node_modules`` here, and the next machine
+with the same key starts from it (a few milliseconds, against a second of ``npm ci``). Where
+workspaces are disks of their own (``disks``), the cache keeps the whole disk, emptied of everything
+but ``node_modules``, and the next machine takes it over: a rename each way. Where they are plain
+directories, it keeps the ``node_modules`` directory (moved, not copied) and hard-links it into the
+next (``cp -al``). Keys include the owner (``MachineSpec.cache_key``): a sandbox can write to its
 ``node_modules``, so nothing one user's code touched is ever given to another user.
 """
 
@@ -47,6 +50,41 @@ class ModulesCache:
         os.utime(self._root / key)  # most recently used, for eviction
         return True
 
+    def claim(self, key: str, image: Path) -> bool:
+        """Move the kept disk of ``key`` to ``image`` (one machine gets it); False when there is none."""
+        if self._root is None:
+            return False
+        try:
+            os.rename(self._root / f"{key}.img", image)
+        except FileNotFoundError:
+            return False
+        os.utime(image)
+        return True
+
+    def ready_to_keep(self, workspace: Path) -> bool:
+        """Whether the disk mounted at ``workspace`` holds a complete install; if so, everything else
+        on it (the project's files, tool caches) is removed, without following any link."""
+        modules = workspace / "node_modules"
+        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
+            return False
+        for entry in workspace.iterdir():
+            if entry.name != "node_modules":
+                _remove(entry)
+        for scratch in SCRATCH:
+            _remove(modules / scratch)
+        return True
+
+    def keep_image(self, key: str, image: Path) -> bool:
+        """Keep the (unmounted) disk ``image`` under ``key``, unless the key has one already."""
+        assert self._root is not None
+        kept = self._root / f"{key}.img"
+        if kept.exists():
+            os.utime(kept)
+            return False
+        os.rename(image, kept)
+        self._evict()
+        return True
+
     def keep(self, key: str, workspace: Path) -> bool:
         """Move a finished install's ``node_modules`` into the cache; False when it is not kept.
 
@@ -81,7 +119,7 @@ class ModulesCache:
             (p for p in self._root.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
         )
         for stale in kept[: max(0, len(kept) - self._entries)]:
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
 
 
 def _real_dir(path: Path) -> bool:

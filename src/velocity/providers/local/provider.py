@@ -23,7 +23,7 @@ from typing import Any
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
-from velocity.providers.local import cgroups
+from velocity.providers.local import cgroups, disks, seccomp
 from velocity.providers.local.bwrap import (
     AGENT_ARGS,
     NPM_CACHE,
@@ -40,6 +40,10 @@ from velocity.providers.local.network import NetworkOptions, SandboxNetwork
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 2.0
+# A user's npm cache fuller than this when their last sandbox ends starts afresh next time.
+NPM_CACHE_FULL = 0.8
+# Users' npm caches kept on disk when nobody uses them; the least recently used go first.
+NPM_CACHES_KEPT = 50
 # Variables a sandbox may inherit from the host, so npm works behind a proxy or a private registry.
 PASSTHROUGH_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -50,6 +54,8 @@ class SandboxOptions:
     # One npm cache per user under this directory, so a user's second install comes from cache and no
     # sandbox ever reads or writes another user's (npm trusts its cache: a planted entry is installed).
     npm_cache: Path
+    # Each user's npm cache is a disk of this size (where disks are size-limited, see ``disks``).
+    npm_cache_mb: int = 2048
     sandbox_uid: int = 65534
     pids_max: int = 512
     allow_unisolated: bool = False
@@ -81,6 +87,7 @@ class LocalSandboxProvider:
         if self._cgroup_version is None:
             log.warning("cgroups are not writable here: memory, CPU and process limits are NOT enforced")
         self._runtime = runtime_paths()
+        self._seccomp = seccomp.program() if self._bwrap is not None else b""
         self._network: SandboxNetwork | None = None
         if options.network is not None and self._bwrap is not None:
             self._network = SandboxNetwork(options.network)
@@ -103,39 +110,53 @@ class LocalSandboxProvider:
         self._pidfds: dict[str, int] = {}
         self._pending_adoptions: list[tuple[str, int]] = []
         self._changed = asyncio.Condition()
+        self._cache_locks: dict[Path, asyncio.Lock] = {}
+        self._cache_users: dict[Path, set[str]] = {}  # mounted npm caches, and the machines using each
         options.root.mkdir(parents=True, exist_ok=True)
         # The users' caches are the sandboxes' to write; the directory holding them is not.
         options.npm_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._disk_limit_reason = disks.unavailable(options.root / ".disk-probe")
+        if self._disk_limit_reason is not None:
+            log.warning("sandbox disks are NOT size-limited: %s", self._disk_limit_reason)
         self._adopt()
 
     # --- MachineProvider -------------------------------------------------------------------------
     async def create(self, spec: MachineSpec) -> Machine:
         machine_id = "vm" + secrets.token_hex(6)
         home = self._options.root / machine_id
-        paths = SandboxPaths(workspace=home / "workspace", npm_cache=self._npm_cache(spec, home))
         home.mkdir(mode=0o700)
-        self._own(paths.workspace)
-        self._own(paths.npm_cache)
+        paths = SandboxPaths(workspace=home / "workspace", npm_cache=home / "npm-cache")
         try:
+            reused = await asyncio.to_thread(self._make_workspace, spec, home)
+            paths = replace(paths, npm_cache=await self._open_npm_cache(spec, machine_id))
             listener = _agent_listener(home)
-        except SandboxUnavailable:
-            shutil.rmtree(home, ignore_errors=True)
-            raise
+        except (SandboxUnavailable, OSError) as exc:
+            await self._release_npm_cache(spec.metadata, machine_id)
+            await asyncio.to_thread(disks.discard, home)
+            if isinstance(exc, SandboxUnavailable):
+                raise
+            raise SandboxUnavailable(f"could not prepare the sandbox's disks: {exc}") from exc
         with listener:
-            return await self._start(machine_id, spec, paths, listener)
+            return await self._start(machine_id, spec, paths, listener, reused=reused)
 
     async def _start(
-        self, machine_id: str, spec: MachineSpec, paths: SandboxPaths, listener: socket.socket
+        self,
+        machine_id: str,
+        spec: MachineSpec,
+        paths: SandboxPaths,
+        listener: socket.socket,
+        *,
+        reused: bool,
     ) -> Machine:
         home = self._options.root / machine_id
-        if spec.cache_key:
+        if spec.cache_key and not reused and self._disk_limit_reason is not None:
             await asyncio.to_thread(self._modules.link, spec.cache_key, paths.workspace)
         project_id = spec.metadata.get(META_PROJECT_ID) or spec.env.get("PROJECT_ID", "")
         if self._network is not None:
             try:
                 await self._network.open(machine_id, project_id, home / "egress")
             except OSError as exc:
-                shutil.rmtree(home, ignore_errors=True)
+                await self._discard(machine_id, spec.metadata)
                 raise SandboxUnavailable(f"could not open the sandbox's egress proxy: {exc}") from exc
         group = self._make_cgroup(machine_id, spec)
         arguments = _ArgumentsFile()
@@ -159,7 +180,7 @@ class LocalSandboxProvider:
                     group.remove()
                 if self._network is not None:
                     await self._network.close(machine_id)
-                shutil.rmtree(home, ignore_errors=True)
+                await self._discard(machine_id, spec.metadata)
                 raise SandboxUnavailable(f"could not start a sandbox: {exc}") from exc
         now = datetime.now(UTC)
         record = {
@@ -236,10 +257,9 @@ class LocalSandboxProvider:
         if group:
             await _until_empty(group)
             group.remove()
-        key = self._record(machine_id).get("cache_key")
-        if key:
-            await asyncio.to_thread(self._modules.keep, key, self._options.root / machine_id / "workspace")
-        await asyncio.to_thread(shutil.rmtree, self._options.root / machine_id, True)
+        record = self._record(machine_id)
+        await asyncio.to_thread(self._put_away, machine_id, record.get("cache_key"))
+        await self._discard(machine_id, record.get("metadata", machine.metadata))
         self._procs.pop(machine_id, None)
         await self._set(machine_id, state=MachineState.DESTROYED)
 
@@ -279,6 +299,7 @@ class LocalSandboxProvider:
         else:
             egress = home / "egress" if self._network is not None else None
             args = bwrap_args(paths, hostname=machine_id, runtime=self._runtime, egress=egress)
+            args += ["--seccomp", str(arguments.hold_bytes(self._seccomp))]
             # bubblewrap reads its options from a descriptor (and closes it), so the sandbox's
             # /proc/1/cmdline shows no host path.
             inner = [self._bwrap, "--args", str(arguments.hold(args[1:])), "--", *agent]
@@ -287,12 +308,114 @@ class LocalSandboxProvider:
                 inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *inner]
         return ["sh", "-c", SHIM, "velocity-shim", str(home / "exit_status"), procs, *inner]
 
-    def _npm_cache(self, spec: MachineSpec, home: Path) -> Path:
-        """The user's own npm cache; a machine with no user gets one of its own, gone with it."""
-        user = spec.metadata.get(META_USER_ID)
+    # --- disks -----------------------------------------------------------------------------------
+    def _make_workspace(self, spec: MachineSpec, home: Path) -> bool:
+        """The machine's workspace: a disk of ``spec.disk_mb`` (the owner's kept one for this cache key
+        when there is one) or, where disks are not size-limited, a directory. True: it holds a kept
+        install already."""
+        workspace = home / "workspace"
+        if self._disk_limit_reason is not None:
+            self._own(workspace)
+            return False
+        image = home / "workspace.img"
+        if spec.cache_key and self._modules.claim(spec.cache_key, image):
+            try:
+                disks.mount(image, workspace)
+                return True
+            except disks.DiskError as exc:
+                log.warning("a kept disk would not mount, so this machine installs afresh: %s", exc)
+                image.unlink(missing_ok=True)
+        disks.make(image, workspace, spec.disk_mb, owner=self._drop_to)
+        return False
+
+    def _put_away(self, machine_id: str, cache_key: str | None) -> None:
+        """Keep the finished install of a machine whose processes have all ended, as the modules cache
+        keeps it (the whole disk, or the node_modules directory)."""
+        home = self._options.root / machine_id
+        workspace = home / "workspace"
+        if self._disk_limit_reason is not None:
+            if cache_key:
+                self._modules.keep(cache_key, workspace)
+            return
+        keep = bool(cache_key) and os.path.ismount(workspace) and self._modules.ready_to_keep(workspace)
+        disks.unmount(workspace)
+        if keep and cache_key:
+            self._modules.keep_image(cache_key, home / "workspace.img")
+
+    async def _discard(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        await self._release_npm_cache(metadata, machine_id)
+        await asyncio.to_thread(disks.discard, self._options.root / machine_id)
+
+    def _user_npm_cache(self, metadata: Mapping[str, str]) -> Path | None:
+        user = metadata.get(META_USER_ID)
         if not user:
-            return home / "npm-cache"
+            return None
         return self._options.npm_cache / hashlib.sha256(user.encode()).hexdigest()[:32]
+
+    async def _open_npm_cache(self, spec: MachineSpec, machine_id: str) -> Path:
+        """The user's own npm cache (a disk of ``npm_cache_mb``, mounted while any of their sandboxes
+        runs); a machine with no user gets one of its own, in its directory."""
+        cache = self._user_npm_cache(spec.metadata)
+        if cache is None:
+            cache = self._options.root / machine_id / "npm-cache"
+            self._own(cache)
+            return cache
+        if self._disk_limit_reason is not None:
+            self._own(cache)
+            return cache
+        async with self._cache_lock(cache):
+            await asyncio.to_thread(self._mount_npm_cache, cache)
+            self._cache_users.setdefault(cache, set()).add(machine_id)
+        return cache
+
+    def _mount_npm_cache(self, cache: Path) -> None:
+        if os.path.ismount(cache):
+            return
+        image = cache.with_suffix(".img")
+        if image.exists():
+            try:
+                disks.mount(image, cache)
+                os.utime(image)
+                return
+            except disks.DiskError as exc:
+                log.warning("a user's npm cache would not mount, so it starts afresh: %s", exc)
+                image.unlink(missing_ok=True)
+        disks.make(image, cache, self._options.npm_cache_mb, owner=self._drop_to)
+
+    async def _release_npm_cache(self, metadata: Mapping[str, str], machine_id: str) -> None:
+        """Unmount the user's npm cache once no other sandbox of theirs runs; a nearly full one is
+        dropped, and beyond ``NPM_CACHES_KEPT`` users' caches the least recently used go."""
+        cache = self._user_npm_cache(metadata)
+        if cache is None or self._disk_limit_reason is not None:
+            return
+        async with self._cache_lock(cache):
+            users = self._cache_users.get(cache, set())
+            if machine_id not in users:
+                return
+            users.discard(machine_id)
+            if users:
+                return
+            del self._cache_users[cache]
+            await asyncio.to_thread(self._unmount_npm_cache, cache)
+
+    def _unmount_npm_cache(self, cache: Path) -> None:
+        """Unmount a cache nobody uses (dropping it when nearly full), then drop the least recently
+        used idle caches beyond ``NPM_CACHES_KEPT``."""
+        if os.path.ismount(cache):
+            full = disks.used_fraction(cache) > NPM_CACHE_FULL
+            disks.unmount(cache)
+            if full:
+                log.info("a user's npm cache is over %d%% full: it starts afresh", NPM_CACHE_FULL * 100)
+                cache.with_suffix(".img").unlink(missing_ok=True)
+        idle = sorted(
+            (i for i in self._options.npm_cache.glob("*.img") if not os.path.ismount(i.with_suffix(""))),
+            key=lambda i: i.stat().st_mtime,
+        )
+        for image in idle[: max(0, len(idle) - NPM_CACHES_KEPT)]:
+            image.unlink(missing_ok=True)
+
+    def _cache_lock(self, cache: Path) -> asyncio.Lock:
+        return self._cache_locks.setdefault(cache, asyncio.Lock())
 
     def _env(self, spec: MachineSpec, home: Path, paths: SandboxPaths) -> dict[str, str]:
         unisolated = self._bwrap is None
@@ -401,6 +524,10 @@ class LocalSandboxProvider:
             )
             if alive:
                 self._pending_adoptions.append((machine_id, pid))
+            cache = self._user_npm_cache(record.get("metadata", {}))
+            if cache is not None and not self._machines[machine_id].state.is_gone:
+                # A stopped machine still counts until it is destroyed: its destroy releases the cache.
+                self._cache_users.setdefault(cache, set()).add(machine_id)
         if self._pending_adoptions:
             log.info("found %d running sandboxes from an earlier run", len(self._pending_adoptions))
 
@@ -447,14 +574,18 @@ class LocalSandboxProvider:
 
 
 class _ArgumentsFile:
-    """NUL-separated arguments in an anonymous memory file, for ``bwrap --args FD``."""
+    """What bubblewrap reads from descriptors: NUL-separated arguments (``--args FD``) and the seccomp
+    program (``--seccomp FD``), each in an anonymous memory file the sandbox inherits."""
 
     def __init__(self) -> None:
         self.fds: tuple[int, ...] = ()
 
     def hold(self, args: builtins.list[str]) -> int:
-        fd = os.memfd_create("bwrap-args", 0)  # inheritable: no MFD_CLOEXEC
-        os.write(fd, b"".join(os.fsencode(a) + b"\0" for a in args))
+        return self.hold_bytes(b"".join(os.fsencode(a) + b"\0" for a in args))
+
+    def hold_bytes(self, data: bytes) -> int:
+        fd = os.memfd_create("bwrap", 0)  # inheritable: no MFD_CLOEXEC
+        os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         self.fds = (*self.fds, fd)
         return fd

@@ -7,11 +7,15 @@
 // GET /setuid?path=P                 copy node to P and make it setuid and setgid
 // GET /broadcast?topic=T            broadcast on T through the Realtime REST API with the anon key
 //                                    (through HTTP_PROXY, the only way out)
+// GET /fill?path=P&mb=N              write N MiB into the file P, a MiB at a time, until an error
+// GET /shout?mb=N                    print N MiB to stdout, in lines of 1,000 characters
+// GET /exec?cmd=C&arg=A&arg=B        run C with the arguments A, B...: its status and output
 // GET /headers                       the request's headers, as the app sees them
 // GET /seen                          every request and websocket upgrade the app has received
 const http = require('http')
 const fs = require('fs')
 const path = require('path')
+const { spawnSync } = require('child_process')
 
 const port = Number(process.env.PORT)
 // Where an agent's socket has lived, or could: the sandbox's /run and anything named like it.
@@ -80,10 +84,42 @@ function broadcast(topic) {
   })
 }
 
+function fill(file, mb) {
+  const chunk = Buffer.alloc(1 << 20, 120)
+  let written = 0
+  try {
+    const fd = fs.openSync(file, 'w')
+    try {
+      for (; written < mb; written++) fs.writeSync(fd, chunk)
+    } finally {
+      fs.closeSync(fd)
+    }
+    return { written, error: null }
+  } catch (e) {
+    return { written, error: e.code }
+  }
+}
+
+function shout(mb) {
+  const line = Buffer.from('x'.repeat(999) + '\n')
+  for (let i = 0; i < mb * 1050; i++) {
+    for (let done = 0; done < line.length;) {
+      try { done += fs.writeSync(1, line, done) } catch (e) { if (e.code !== 'EAGAIN') throw e }
+    }
+  }
+  return { printed: mb }
+}
+
 function answer(url, req) {
   const q = url.searchParams
   switch (url.pathname) {
     case '/headers': return req.headers
+    case '/fill': return fill(q.get('path'), Number(q.get('mb')))
+    case '/shout': return shout(Number(q.get('mb')))
+    case '/exec': {
+      const run = spawnSync(q.get('cmd'), q.getAll('arg'), { encoding: 'utf8', timeout: 20000 })
+      return { status: run.status, stdout: run.stdout, stderr: run.stderr, error: run.error && run.error.code }
+    }
     case '/broadcast': return broadcast(q.get('topic'))
     case '/seen': return { seen }
     case '/whoami': return { project: process.env.PROJECT_ID }
