@@ -5,6 +5,7 @@ Every exchange goes through ``SpecCheckingTransport``: a response that drifts fr
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -48,7 +49,9 @@ async def test_create_answers_200_with_a_created_machine_carrying_fly_shaped_ids
     assert re.fullmatch(r"[0-9a-f]{14}", machine["id"])
     assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", machine["version"])
     assert machine["instance_id"] == machine["version"]
-    assert machine["private_ip"].startswith("fdaa:")
+    # An IPv6 address in the organisation's 6PN /48, eight groups as Fly writes them.
+    assert ipaddress.IPv6Address(machine["private_ip"]) in ipaddress.IPv6Network("fdaa:0:1::/48")
+    assert len(machine["private_ip"].split(":")) == 8
     assert machine["events"][0]["type"] == "launch"
     assert machine["config"]["init"] == {}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -222,7 +222,8 @@ class Fleet:
             await self._exit(machine, "failed", exit_code=1, reason=f"failed to pull image {image}")
             return
         try:
-            backing = await self.provider.create(spec_from_config(machine.config, region=machine.region))
+            spec = spec_from_config(machine.config, region=machine.region)
+            backing = await self.provider.create(replace(spec, env={**spec.env, **runtime_env(machine)}))
             machine.backing_id = backing.id
             await self.provider.wait(backing.id, state=MachineState.STARTED, timeout=BOOT_TIMEOUT)
         except PreviewError as exc:
@@ -348,6 +349,24 @@ class Fleet:
         machine.updated_at = now
         async with self.changed:
             self.changed.notify_all()
+
+
+def runtime_env(machine: EmulatedMachine) -> dict[str, str]:
+    """What Fly sets in every machine's environment (Fly's "Machine runtime environment" docs); the
+    machine's own ``env`` cannot override these."""
+    guest = machine.config.get("guest") or {}
+    return {
+        "FLY_APP_NAME": machine.app,
+        "FLY_MACHINE_ID": machine.id,
+        "FLY_ALLOC_ID": machine.id,
+        "FLY_REGION": machine.region,
+        "FLY_PRIVATE_IP": machine.private_ip,
+        "FLY_IMAGE_REF": str(machine.config.get("image", "")),
+        "FLY_MACHINE_VERSION": machine.version,
+        "FLY_PROCESS_GROUP": str((machine.config.get("metadata") or {}).get("fly_process_group", "app")),
+        "FLY_VM_MEMORY_MB": str(guest.get("memory_mb", 256)),
+        "PRIMARY_REGION": machine.region,
+    }
 
 
 def _matches(state: str, wanted: frozenset[str]) -> bool:

@@ -18,9 +18,15 @@ def machine_id() -> str:
     return secrets.token_hex(7)
 
 
+# The emulated organisation's 6PN prefix: one /48 per organisation, as on Fly.
+ORG_PREFIX = "fdaa:0:1"
+
+
 def private_ip() -> str:
-    groups = ":".join(f"{secrets.randbits(16):x}" for _ in range(3))
-    return f"fdaa:0:{groups}:a7b:{secrets.randbits(8):x}:{secrets.randbits(16):x}:2"
+    """A machine's 6PN address as Fly writes them (``fdaa:0:1234:a7b:195:e229:8038:2``): the
+    organisation's /48, ``a7b``, a host and the machine, eight groups in all."""
+    host, machine_high, machine_low = (f"{secrets.randbits(16):x}" for _ in range(3))
+    return f"{ORG_PREFIX}:a7b:{host}:{machine_high}:{machine_low}:2"
 
 
 def nonce() -> str:

@@ -105,7 +105,8 @@ def machine_env(spec: MachineSpec, plan: MachinePlan) -> dict[str, str]:
     return env
 
 
-def _service(service: ServiceTemplate, port: int) -> ServiceConfig:
+def service_config(service: ServiceTemplate, port: int) -> ServiceConfig:
+    """One service of a machine config, from its fly.toml form."""
     config: ServiceConfig = {
         "protocol": "udp" if service.protocol == "udp" else "tcp",
         "internal_port": port,
@@ -155,7 +156,9 @@ def machine_config(spec: MachineSpec, plan: MachinePlan) -> MachineConfig:
         "stop_config": {"signal": plan.stop_signal, "timeout": f"{plan.stop_timeout_seconds}s"},
         # The agent's service follows the spec's port; other services keep theirs.
         "services": [
-            _service(s, spec.internal_port if s.internal_port == template.internal_port else s.internal_port)
+            service_config(
+                s, spec.internal_port if s.internal_port == template.internal_port else s.internal_port
+            )
             for s in template.services
         ],
         "metadata": {**spec.metadata, META_OWNER: OWNER_VALUE},

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
@@ -48,6 +48,18 @@ NPM_CACHES_KEPT = 50
 PASSTHROUGH_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 
+class NetworkAttachment(Protocol):
+    """Puts each sandbox on a network made for it (the Fly topology's machines, ``velocity.flynet``):
+    the sandbox starts inside what ``enter`` returns a command prefix for, its agent listens on its
+    own port as the image's does, and the host reaches it at ``endpoint``."""
+
+    def enter(self, machine_id: str, spec: MachineSpec) -> list[str]: ...
+
+    def leave(self, machine_id: str) -> None: ...
+
+    def endpoint(self, machine_id: str) -> AgentEndpoint: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxOptions:
     root: Path  # one directory per machine
@@ -66,6 +78,8 @@ class SandboxOptions:
     # Each sandbox in a network namespace of its own, its way out the egress proxy; None: sandboxes
     # share the host's network (machines that stand in for Fly's, whose isolation is the image's).
     network: NetworkOptions | None = None
+    # Or a network of someone else's making, one per sandbox (then ``network`` must be None).
+    attachment: NetworkAttachment | None = None
 
 
 class LocalSandboxProvider:
@@ -129,14 +143,14 @@ class LocalSandboxProvider:
         try:
             reused = await asyncio.to_thread(self._make_workspace, spec, home)
             paths = replace(paths, npm_cache=await self._open_npm_cache(spec, machine_id))
-            listener = _agent_listener(home)
+            listener = None if self._options.attachment else _agent_listener(home)
         except (SandboxUnavailable, OSError) as exc:
             await self._release_npm_cache(spec.metadata, machine_id)
             await asyncio.to_thread(disks.discard, home)
             if isinstance(exc, SandboxUnavailable):
                 raise
             raise SandboxUnavailable(f"could not prepare the sandbox's disks: {exc}") from exc
-        with listener:
+        with listener or contextlib.nullcontext():
             return await self._start(machine_id, spec, paths, listener, reused=reused)
 
     async def _start(
@@ -144,7 +158,7 @@ class LocalSandboxProvider:
         machine_id: str,
         spec: MachineSpec,
         paths: SandboxPaths,
-        listener: socket.socket,
+        listener: socket.socket | None,
         *,
         reused: bool,
     ) -> Machine:
@@ -161,9 +175,18 @@ class LocalSandboxProvider:
         group = self._make_cgroup(machine_id, spec)
         arguments = _ArgumentsFile()
         command = self._command(machine_id, paths, group, arguments)
+        if self._options.attachment is not None:
+            try:
+                prefix = await asyncio.to_thread(self._options.attachment.enter, machine_id, spec)
+            except OSError as exc:
+                await self._discard(machine_id, spec.metadata)
+                raise SandboxUnavailable(f"could not attach the sandbox to its network: {exc}") from exc
+            command = [*prefix, *command]
         env = self._env(spec, home, paths)
+        inherited = () if listener is None else (listener.fileno(),)
         with (home / "console.log").open("ab") as console, arguments:
-            env["AGENT_LISTEN_FD"] = str(listener.fileno())
+            if listener is not None:
+                env["AGENT_LISTEN_FD"] = str(listener.fileno())
             try:
                 proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec of a shell returns in a few ms
                     command,
@@ -173,7 +196,7 @@ class LocalSandboxProvider:
                     env=env,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(listener.fileno(), *arguments.fds),
+                    pass_fds=(*inherited, *arguments.fds),
                 )
             except OSError as exc:
                 if group:
@@ -272,6 +295,8 @@ class LocalSandboxProvider:
         return text.decode("utf-8", "replace").splitlines()[-tail:]
 
     def endpoint(self, machine: Machine) -> AgentEndpoint:
+        if self._options.attachment is not None:
+            return self._options.attachment.endpoint(machine.id)
         return AgentEndpoint(base_url="http://agent", uds=str(agent_socket(self._options.root / machine.id)))
 
     async def aclose(self) -> None:
@@ -343,6 +368,8 @@ class LocalSandboxProvider:
             self._modules.keep_image(cache_key, home / "workspace.img")
 
     async def _discard(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        if self._options.attachment is not None:
+            await asyncio.to_thread(self._options.attachment.leave, machine_id)
         await self._release_npm_cache(metadata, machine_id)
         await asyncio.to_thread(disks.discard, self._options.root / machine_id)
 

@@ -1,0 +1,213 @@
+"""Production on Fly, on one machine: the orchestrator as Fly runs it, in a namespace of its own on an
+IPv6-only private network with Fly's resolver; each preview machine a real sandbox on that network,
+its agent started as the image's CMD; every request through an edge proxy that routes, checks,
+limits and replays as Fly's does (velocity.flynet, docs/fly.md "The topology on one machine").
+
+Everything a client does here goes through the edge only: the API at the orchestrator's public host
+name, the previews at their own, as from the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import pytest_asyncio
+import websockets
+
+from tests.e2e.harness import EXAMPLE, PROJECTS
+from velocity.cli.push import Plan, batches
+from velocity.flynet import fabric as flynet_fabric
+from velocity.flynet.topology import PUBLIC_HOST, Topology, topology
+from velocity.projects import pack_directory
+from velocity.realtime.contract import FILES_BATCH, preview_topic
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.asyncio(loop_scope="module"),  # one topology for the module's tests
+    pytest.mark.skipif(
+        (reason := flynet_fabric.available()) is not None, reason=f"no network namespaces: {reason}"
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+INTRUDER = PROJECTS / "intruder"
+USER = "e2e-user"  # the session's warm npm cache is this user's
+
+
+class Client:
+    """A user of the topology, from the internet: the API through the edge, previews by host name."""
+
+    def __init__(self, net: Topology, token: str) -> None:
+        self.net = net
+        self.token = token
+        self.api = httpx.AsyncClient(
+            base_url=net.edge_url,
+            headers={"host": PUBLIC_HOST, "authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+    async def started(self, directory: Path, project_id: str) -> dict[str, Any]:
+        snapshot = pack_directory(directory, max_bytes=50 << 20)
+        put = await self.api.put(
+            f"/v1/projects/{project_id}", content=snapshot.data, headers={"content-type": "application/gzip"}
+        )
+        assert put.status_code in (200, 201), put.text
+        created = await self.api.post("/v1/previews", json={"project_id": project_id})
+        assert created.status_code == 201, created.text
+        preview: dict[str, Any] = created.json()
+        await self.until_state(preview["id"], "ready")
+        ready: dict[str, Any] = (await self.api.get(f"/v1/previews/{preview['id']}")).json()
+        assert ready["state"] == "ready", ready
+        return ready
+
+    async def until_state(self, preview_id: str, wanted: str, timeout: float = 120) -> None:
+        """Follow the preview's event stream (through the edge) until it enters ``wanted``."""
+        async with (
+            asyncio.timeout(timeout),
+            self.api.stream("GET", f"/v1/previews/{preview_id}/events") as events,
+        ):
+            assert events.status_code == 200
+            kind = ""
+            async for line in events.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: ") and kind == "state":
+                    state = json.loads(line.removeprefix("data: "))["state"]
+                    if state == wanted:
+                        return
+                    assert state not in ("failed", "stopped"), f"the preview {state} before {wanted}"
+        raise AssertionError(f"the event stream ended before {wanted}")
+
+    async def sign_in(self, preview: dict[str, Any]) -> str:
+        """Open the signed link as a browser would; the session cookie it sets."""
+        link = urlsplit(preview["access_url"])
+        async with httpx.AsyncClient(base_url=self.net.edge_url, timeout=30) as browser:
+            page = await browser.get(f"{link.path}?{link.query}", headers={"host": link.netloc})
+        assert page.status_code == 200, page.text
+        return page.headers["set-cookie"].split(";", 1)[0]
+
+    async def get(self, preview: dict[str, Any], path: str, **headers: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.net.edge_url, timeout=30) as browser:
+            return await browser.get(path, headers={"host": urlsplit(preview["url"]).netloc, **headers})
+
+    async def broadcast(self, project_id: str, files: dict[str, bytes]) -> None:
+        """Send files to the project's preview as an editor does: a ``files_batch`` on its channel,
+        through the Realtime REST broadcast the orchestrator's hub serves (through the edge)."""
+        realtime = (await self.api.get("/v1/realtime")).json()
+        assert urlsplit(realtime["url"]).netloc == PUBLIC_HOST, realtime
+        (payload,) = batches(Plan(changed=files))
+        message = {"topic": preview_topic(project_id), "event": FILES_BATCH, "payload": {**payload, "seq": 1}}
+        sent = await self.api.post(
+            f"{urlsplit(realtime['url']).path}/api/broadcast",
+            json={"messages": [{**message, "private": True}]},
+            headers={"apikey": realtime["anon_key"]},
+        )
+        assert sent.status_code == 202, sent.text
+
+    async def machine(self, machine_id: str) -> httpx.Response:
+        """The preview machine as the Machines API shows it (a test's own look, not through the edge)."""
+        async with httpx.AsyncClient(
+            base_url=self.net.api_url, headers={"authorization": f"Bearer {self.net.token}"}
+        ) as fly:
+            return await fly.get(f"/v1/apps/{self.net.preview_app}/machines/{machine_id}")
+
+    async def machine_gone(self, machine_id: str) -> bool:
+        found = await self.machine(machine_id)
+        return found.status_code == 404 or found.json()["state"] == "destroyed"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def net(npm_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Topology]:
+    async with topology(root=ROOT, data=tmp_path_factory.mktemp("flynet"), npm_cache=npm_cache) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def owner(net: Topology) -> AsyncIterator[Client]:
+    minted = subprocess.run(
+        [str(Path(sys.executable).with_name("velocity")), "token", "--user", USER],
+        env=net.orchestrator_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    client = Client(net, minted.stdout.strip().splitlines()[-1])
+    yield client
+    await client.aclose()
+
+
+async def on_node(net: Topology, node: str, code: str) -> Any:
+    """Run Python ``code`` inside ``node``'s namespace (made on the private network if new); what it
+    prints, as JSON."""
+    if node not in net.fabric.nodes:
+        net.fabric.attach(node, private=[f"{flynet_fabric.ORG_PREFIX}:a7b:99:0:{len(net.fabric.nodes)}:2"])
+    done = await asyncio.create_subprocess_exec(
+        *net.command(node, sys.executable, "-c", code), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+PROBE = """
+import json, httpx
+answers = {}
+for name, url in URLS.items():
+    try:
+        answers[name] = httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError as exc:
+        answers[name] = type(exc).__name__
+print(json.dumps(answers))
+"""
+
+
+async def test_a_preview_through_fly_s_edge_end_to_end(net: Topology, owner: Client) -> None:
+    """Create with PREVIEW_PROVIDER=fly, open with the signed link, see the app, get an HMR update over
+    the websocket (replayed by the edge), and delete it: the machine goes and the URL answers 410."""
+    preview = await owner.started(EXAMPLE, "example")
+    assert preview["url"].startswith(f"https://{preview['id']}.{net.preview_domain}/")
+    session = await owner.sign_in(preview)
+    assert session.startswith("__Host-velocity_preview=")
+    page = await owner.get(preview, "/", cookie=session)
+    assert page.status_code == 200 and '<div id="root"></div>' in page.text, page.text
+    app = await owner.get(preview, "/src/App.jsx", cookie=session)
+    assert "Hello from Velocity" in app.text
+
+    client = (await owner.get(preview, "/@vite/client", cookie=session)).text
+    token = re.search(r'const wsToken = "([^"]*)"', client)
+    assert token is not None
+    host = urlsplit(preview["url"]).netloc
+    edge = urlsplit(net.edge_url)
+    async with websockets.connect(
+        f"ws://{host}/?token={token.group(1)}",
+        sock=socket.create_connection((edge.hostname, edge.port)),
+        additional_headers={"cookie": session},
+        subprotocols=["vite-hmr"],  # type: ignore[list-item]
+        open_timeout=30,
+    ) as hmr:
+        assert json.loads(await hmr.recv())["type"] == "connected"
+        edited = (EXAMPLE / "src" / "App.jsx").read_text().replace("Hello from Velocity", "Edited on Fly")
+        await owner.broadcast("example", {"src/App.jsx": edited.encode()})
+        async with asyncio.timeout(30):
+            while (message := json.loads(await hmr.recv()))["type"] != "update":
+                pass
+        assert any(u["path"] == "/src/App.jsx" for u in message["updates"]), message
+
+    deleted = await owner.api.delete(f"/v1/previews/{preview['id']}")
+    assert deleted.status_code == 200 and deleted.json()["state"] == "stopped", deleted.text
+    assert await owner.machine_gone(preview["machine_id"])
+    assert (await owner.get(preview, "/", cookie=session)).status_code == 410
