@@ -10,12 +10,15 @@ name, the previews at their own, as from the internet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +31,7 @@ import websockets
 from tests.e2e.harness import EXAMPLE, PROJECTS
 from velocity.cli.push import Plan, batches
 from velocity.flynet import fabric as flynet_fabric
-from velocity.flynet.topology import PUBLIC_HOST, Topology, topology
+from velocity.flynet.topology import ORCHESTRATOR_ID, PUBLIC_HOST, Topology, topology
 from velocity.projects import pack_directory
 from velocity.realtime.contract import FILES_BATCH, preview_topic
 
@@ -126,8 +129,15 @@ class Client:
             return await fly.get(f"/v1/apps/{self.net.preview_app}/machines/{machine_id}")
 
     async def machine_gone(self, machine_id: str) -> bool:
-        found = await self.machine(machine_id)
-        return found.status_code == 404 or found.json()["state"] == "destroyed"
+        """Whether the machine is destroyed (waiting with the Machines API while it is destroying)."""
+        async with httpx.AsyncClient(
+            base_url=self.net.api_url, headers={"authorization": f"Bearer {self.net.token}"}, timeout=40
+        ) as fly:
+            waited = await fly.get(
+                f"/v1/apps/{self.net.preview_app}/machines/{machine_id}/wait",
+                params={"state": "destroyed", "timeout": 30},
+            )
+        return waited.status_code in (200, 404)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -211,3 +221,167 @@ async def test_a_preview_through_fly_s_edge_end_to_end(net: Topology, owner: Cli
     assert deleted.status_code == 200 and deleted.json()["state"] == "stopped", deleted.text
     assert await owner.machine_gone(preview["machine_id"])
     assert (await owner.get(preview, "/", cookie=session)).status_code == 410
+
+
+async def test_user_code_sees_neither_our_cookie_nor_the_owner_s_token(net: Topology, owner: Client) -> None:
+    """Fly replays the original request; the router's replay transform removes our session cookie and
+    the owner's bearer token, drops a client's own origin header and sets the machine's secret."""
+    preview = await owner.started(INTRUDER, "intruder")
+    session = await owner.sign_in(preview)
+    seen = await owner.get(
+        preview,
+        "/headers",
+        cookie=f"{session}; theme=dark",
+        authorization=f"Bearer {owner.token}",
+        **{"x-velocity-origin": "forged"},
+    )
+    assert seen.status_code == 200, seen.text
+    headers = seen.json()
+    assert headers.get("cookie") == "theme=dark", "the app's own cookie passes, ours does not"
+    assert "authorization" not in headers
+    assert "x-velocity-origin" not in headers, "the agent strips the secret it checked"
+    assert headers["fly-replay-src"].startswith(f"instance={ORCHESTRATOR_ID};"), "it came by a replay"
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+async def test_no_machine_on_the_private_network_reaches_an_agent_without_its_secret(
+    net: Topology, owner: Client
+) -> None:
+    """The agent listens on [::] (6PN, and the proxy network's IPv4): anything but its health check
+    needs the secret only the orchestrator and the replays it asks for carry."""
+    preview = await owner.started(INTRUDER, "private-net")
+    machine = (await owner.machine(preview["machine_id"])).json()
+    six = f"http://[{machine['private_ip']}]:8080"
+    by_name = f"http://{preview['machine_id']}.vm.{net.preview_app}.internal:8080"
+    answers = await on_node(
+        net,
+        "rogue",
+        PROBE.replace(
+            "URLS", repr({"app": f"{six}/", "logs": f"{six}/__velocity/logs", "health": f"{by_name}/health"})
+        ),
+    )
+    assert answers == {"app": 403, "logs": 403, "health": 200}, answers
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+async def test_a_body_over_one_megabyte_is_carried_by_the_router_and_smaller_ones_replayed(
+    net: Topology, owner: Client
+) -> None:
+    """Fly cannot replay a request over 1 MB: the router proxies it over the private network itself."""
+    preview = await owner.started(INTRUDER, "uploads")
+    session = await owner.sign_in(preview)
+    host = urlsplit(preview["url"]).netloc
+    async with httpx.AsyncClient(base_url=net.edge_url, timeout=60) as browser:
+        for size in (200_000, 2_000_000):
+            sent = await browser.post(
+                "/headers",
+                content=b"x" * size,
+                headers={"host": host, "cookie": session, "origin": f"https://{host}"},
+            )
+            assert sent.status_code == 200, (size, sent.text)
+            replayed = "fly-replay-src" in sent.json()
+            assert replayed == (size <= 1_000_000), (size, sent.json())
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+async def test_a_replay_the_machine_does_not_answer_comes_back_to_the_router_as_a_503(
+    net: Topology, owner: Client
+) -> None:
+    """Every replay has a timeout and ``fallback: force_self``: when the machine does not answer in
+    time, Fly's proxy hands the request back marked ``fly-replay-failed`` and the router answers 503
+    instead of replaying again. A suspended machine is started by the replay itself."""
+    preview = await owner.started(INTRUDER, "frozen")
+    session = await owner.sign_in(preview)
+    async with httpx.AsyncClient(
+        base_url=net.api_url, headers={"authorization": f"Bearer {net.token}"}
+    ) as fly:
+        suspended = await fly.post(f"/v1/apps/{net.preview_app}/machines/{preview['machine_id']}/suspend")
+        assert suspended.status_code == 200, suspended.text
+    woken = await owner.get(preview, "/whoami", cookie=session)
+    assert woken.status_code == 200 and woken.json() == {"project": "frozen"}, woken.text
+
+    async with httpx.AsyncClient(
+        base_url=net.api_url, headers={"authorization": f"Bearer {net.token}"}
+    ) as fly:
+        sandbox = (await fly.get(f"/_flynet/machines/{preview['machine_id']}")).json()["sandbox"]
+    with frozen(sandbox_processes(net, sandbox)):
+        refused = await owner.get(preview, "/whoami", cookie=session)
+    assert refused.status_code == 503, refused.text
+    assert "did not take the request Fly&#x27;s proxy replayed" in refused.text
+    assert (await owner.get(preview, "/whoami", cookie=session)).status_code == 200, "and then it serves"
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+def sandbox_processes(net: Topology, sandbox: str) -> list[int]:
+    """The processes of a sandbox (its shim and every descendant)."""
+    root = int(json.loads((net.data / "api" / "sandboxes" / sandbox / "machine.json").read_text())["pid"])
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """Stop the processes (they still hold their sockets: connections open, nothing answers)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_preview_boots_with_a_few_machine_reads_not_a_poll_every_20_ms(
+    net: Topology, owner: Client
+) -> None:
+    """The orchestrator waits with the Machines API's ``wait`` and backs off: a boot costs a handful of
+    GETs of the machine, not one every 20 ms."""
+    async with httpx.AsyncClient(
+        base_url=net.api_url, headers={"authorization": f"Bearer {net.token}"}
+    ) as fly:
+        before = (await fly.get("/_emulator/stats")).json()["calls"]
+        preview = await owner.started(INTRUDER, "counted")
+        after = (await fly.get("/_emulator/stats")).json()["calls"]
+    calls = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert calls.get("wait", 0) >= 1, calls
+    assert calls.get("get", 0) <= 6, calls
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+async def test_previews_live_on_when_the_orchestrator_restarts_as_a_deploy_restarts_it(
+    net: Topology, owner: Client
+) -> None:
+    """A deploy sends SIGTERM; the image's CMD keeps previews (--keep-previews) and the next
+    orchestrator serves them again, as soon as the edge's checks pass."""
+    preview = await owner.started(INTRUDER, "deployed")
+    session = await owner.sign_in(preview)
+    seen = len(net.output["edge"])
+    assert await net.stop("orchestrator") == 0
+    await net.until("edge", f"machine {ORCHESTRATOR_ID} checks failing", after=seen)
+    await net.start_orchestrator()
+    await net.until("edge", f"machine {ORCHESTRATOR_ID} checks passing", after=seen)
+    answer = await owner.get(preview, "/whoami", cookie=session)
+    assert answer.status_code == 200 and answer.json() == {"project": "deployed"}, answer.text
+    assert (await owner.machine(preview["machine_id"])).json()["state"] == "started"
+    await owner.api.delete(f"/v1/previews/{preview['id']}")
+
+
+async def test_preview_machines_get_the_kit_s_service_limits_and_checks(net: Topology, owner: Client) -> None:
+    """What the edge enforces for a preview comes from preview-container/fly.toml: request-based
+    concurrency sized for a Vite page and its HMR sockets, and the agent's health check."""
+    preview = await owner.started(INTRUDER, "limits")
+    config = (await owner.machine(preview["machine_id"])).json()["config"]
+    (service,) = config["services"]
+    assert service["concurrency"] == {"type": "requests", "soft_limit": 250, "hard_limit": 500}
+    assert [check["path"] for check in service["checks"]] == ["/health"]
+    await owner.api.delete(f"/v1/previews/{preview['id']}")

@@ -39,6 +39,7 @@ FIRST_MACHINE_HOST = 4096  # machines' proxy addresses start at 172.19.16.0; nod
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    sandbox: str  # the local provider's machine
     fly_id: str
     app: str
     node: str
@@ -63,6 +64,7 @@ class MachineNetwork:
         node = f"m{fly_id}"
         self._fabric.attach(node, private=[spec.env["FLY_PRIVATE_IP"]], proxy=proxy_address)
         self._placed[machine_id] = Placement(
+            machine_id,
             fly_id,
             spec.env["FLY_APP_NAME"],
             node,
@@ -103,7 +105,13 @@ def build(args: argparse.Namespace) -> tuple[FlyEmulator, MachineNetwork]:
         placed = network.find(request.path_params["machine_id"])
         if placed is None:
             return JSONResponse({"error": "machine is on no network"}, status_code=404)
-        return JSONResponse({"proxy_address": placed.proxy_address, "private_ip": placed.private_ip})
+        return JSONResponse(
+            {
+                "proxy_address": placed.proxy_address,
+                "private_ip": placed.private_ip,
+                "sandbox": placed.sandbox,
+            }
+        )
 
     emulator.asgi.router.routes.insert(0, Route("/_flynet/machines/{machine_id}", where))
     return emulator, network

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import stamina
 import uvicorn
 import websockets
 from starlette.types import Receive, Scope, Send
@@ -169,7 +170,10 @@ class Edge:
         except (_EdgeError, httpx.HTTPError) as exc:
             if replay.get("fallback") != "force_self":
                 raise _EdgeError(502, f"fly-replay failed: {exc}") from exc
-            failed = _forwarded(headers, scope) | {"fly-replay-failed": str(exc)[:200] or "failed"}
+            reason = type(exc.__cause__ or exc).__name__
+            failed = _forwarded(headers, scope) | {
+                "fly-replay-failed": f"instance={replay.get('instance')};reason={reason}"
+            }
             async with self._holding(source):
                 await _relay(await self._send(source, scope, failed, body), send)
 
@@ -273,7 +277,8 @@ class Edge:
         if found.status_code != 200:
             raise _EdgeError(502, f"fly-replay: machine {instance} of {app} not found")
         machine = found.json()
-        if machine["state"] in ("stopped", "suspended"):
+        woken = machine["state"] in ("stopped", "suspended")
+        if woken:
             await self._api.post(f"/v1/apps/{app}/machines/{instance}/start")
             await self._api.get(
                 f"/v1/apps/{app}/machines/{instance}/wait", params={"state": "started", "timeout": 60}
@@ -289,6 +294,8 @@ class Edge:
             known = _slot(instance, where.json()["proxy_address"], service)
             known.passing = True
             self._slots[instance] = known
+        if woken:
+            await _until_listening(known, timeout=_timeout(replay) or ROUTE_WAIT)
         return known
 
     async def _send(
@@ -346,6 +353,18 @@ class Edge:
             # period only excuses failures), then follow the interval.
             within_grace = time.monotonic() - started < grace
             await asyncio.sleep(interval if passing and not within_grace else min(interval, 0.2))
+
+
+async def _until_listening(slot: MachineSlot, *, timeout: float) -> None:
+    """A machine just started takes a moment to listen; Fly's proxy retries its connection until
+    then (refused connections, with a short backoff), within the replay's timeout."""
+    async for attempt in stamina.retry_context(
+        on=OSError, timeout=timeout, attempts=None, wait_initial=0.02, wait_max=0.5, wait_jitter=0
+    ):
+        with attempt:
+            _, writer = await asyncio.open_connection(slot.address, slot.port)
+            writer.close()
+            await writer.wait_closed()
 
 
 class _EdgeError(Exception):

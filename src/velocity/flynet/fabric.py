@@ -26,7 +26,8 @@ EDGE_PROXY_ADDRESS = "172.19.0.1"  # the edge on the proxy network
 ORCHESTRATOR_PROXY_ADDRESS = "172.19.1.2"
 PRIVATE_ROUTES = ("fdaa::/16", "2a09:8280::/32")  # on-link on the private network
 PROXY_NETWORK = ipaddress.ip_network("172.19.0.0/16")
-NETNS_DIR = Path("/etc/netns")
+NETNS_DIR = Path("/etc/netns")  # per-namespace files `ip netns exec` binds (resolv.conf)
+NETNS_RUN = Path("/run/netns")  # the namespaces themselves
 
 
 class FabricError(OSError):
@@ -85,9 +86,10 @@ class Fabric:
         return ["ip", "netns", "exec", self.nodes[node], *argv]
 
     def destroy(self) -> None:
-        for node in list(self.nodes):
-            self.detach(node)
-        _remove_namespace(self.bridge_namespace)
+        """Remove every namespace of this fabric, those other processes attached included."""
+        self.nodes.clear()
+        for namespace in sorted(NETNS_RUN.glob(f"{self.name}-*")) + sorted(NETNS_DIR.glob(f"{self.name}-*")):
+            _remove_namespace(namespace.name)
 
     def _link(self, node: str, namespace: str, bridge: str, inside: str) -> None:
         # Interface names are at most 15 bytes: a digest of the node's name keeps them short.

@@ -168,9 +168,10 @@ class Topology:
             process.kill()
             return await process.wait()
 
-    async def until(self, name: str, text: str, timeout: float = START_TIMEOUT) -> None:
-        """Wait for a line containing ``text`` in ``name``'s output (seen already, or to come)."""
-        if any(text in line for line in self.output.get(name, [])):
+    async def until(self, name: str, text: str, timeout: float = START_TIMEOUT, *, after: int = 0) -> None:
+        """Wait for a line containing ``text`` in ``name``'s output, past its first ``after`` lines
+        (seen already, or to come)."""
+        if any(text in line for line in self.output.get(name, [])[after:]):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((name, text, future))
