@@ -27,6 +27,7 @@ COPY preview-container/fly.toml preview-container/fly.toml
 ENV PATH=/opt/velocity/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PREVIEW_PROVIDER=fly \
     VELOCITY_HOST=0.0.0.0 \
     VELOCITY_PORT=8000 \
     VELOCITY_DATA_DIR=/var/lib/velocity

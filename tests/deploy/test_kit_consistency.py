@@ -302,10 +302,37 @@ def test_the_preview_workflow_pushes_with_its_own_token_and_never_on_pull_reques
     assert login["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
     assert job["env"]["PUSH"] == "${{ github.event_name != 'pull_request' }}"
     (build,) = steps_using(PREVIEW_WORKFLOW, "docker/build-push-action")
-    assert build["with"]["push"] == "${{ env.PUSH == 'true' }}"
+    assert (
+        "push-by-digest=true" in build["with"]["outputs"] and "env.PUSH == 'true'" in build["with"]["outputs"]
+    )
     assert build["with"]["cache-from"] == "type=gha"
     assert ":latest" not in run_scripts(PREVIEW_WORKFLOW)
     assert "steps.build.outputs.digest" in str(job["steps"])
+
+
+def test_the_preview_workflow_tags_only_a_digest_that_passed_validation() -> None:
+    """The build pushes no tag; the tags (``:latest`` on main among them) move to the pushed digest in
+    a step after the validation, so a red job leaves every tag where it was."""
+    steps = workflow(PREVIEW_WORKFLOW)["jobs"]["build"]["steps"]
+    names = [step.get("name", "") for step in steps]
+    (build,) = steps_using(PREVIEW_WORKFLOW, "docker/build-push-action")
+    assert "tags" not in build["with"], "the build itself tags nothing"
+    validate = names.index("Validate the image that was just built")
+    (tagging,) = [i for i, step in enumerate(steps) if "imagetools create" in step.get("run", "")]
+    assert tagging > validate
+    assert steps[tagging]["if"] == "env.PUSH == 'true'"
+    assert "steps.build.outputs.digest" in steps[tagging]["env"]["DIGEST_REF"]
+    assert steps[tagging]["env"]["TAGS"] == "${{ steps.meta.outputs.tags }}"
+
+
+def test_the_preview_workflow_waits_for_the_agent_through_every_early_error() -> None:
+    """Before the agent listens, curl gets "connection reset" or "empty reply", which plain
+    ``--retry`` (and ``--retry-connrefused``) does not retry: every call retries all errors, with a
+    deadline."""
+    calls = re.findall(r"curl [^|]*", run_scripts(PREVIEW_WORKFLOW).replace("\\\n", " "))
+    assert calls
+    for call in calls:
+        assert "--retry-all-errors" in call and "--retry-max-time" in call, call
 
 
 def test_the_guide_names_only_files_that_exist() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -82,19 +83,34 @@ async def start(http: httpx.AsyncClient) -> str:
 async def test_the_fly_config_becomes_the_backing_machine_spec(
     http: httpx.AsyncClient, provider: RecordingProvider
 ) -> None:
-    """Image, guest size, the first service's port, env, metadata and region reach the provider."""
-    await start(http)
+    """Image, guest size, the first service's port, env, metadata and region reach the provider, and
+    the environment Fly gives every machine ("Machine runtime environment")."""
+    machine_id = await start(http)
+    machine = (await http.get(f"/v1/apps/{APP}/machines/{machine_id}")).json()
     [spec] = provider.specs
-    assert spec == MachineSpec(
+    assert replace(spec, env={}) == MachineSpec(
         image=IMAGE,
         memory_mb=4096,
         cpus=2,
         cpu_kind="performance",
         internal_port=9000,
-        env={"PROJECT_ID": "p1"},
+        env={},
         metadata={"project_id": "p1"},
         region="iad",
     )
+    assert spec.env == {
+        "PROJECT_ID": "p1",
+        "FLY_APP_NAME": APP,
+        "FLY_MACHINE_ID": machine["id"],
+        "FLY_ALLOC_ID": machine["id"],
+        "FLY_REGION": "iad",
+        "PRIMARY_REGION": "iad",
+        "FLY_PRIVATE_IP": machine["private_ip"],
+        "FLY_IMAGE_REF": IMAGE,
+        "FLY_MACHINE_VERSION": machine["instance_id"],
+        "FLY_PROCESS_GROUP": "app",
+        "FLY_VM_MEMORY_MB": "4096",
+    }
 
 
 async def test_stopping_destroys_the_backing_machine_and_starting_makes_a_fresh_one(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +18,7 @@ from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
 from velocity.cli.progress import follow
 from velocity.cli.push import push_command
-from velocity.domain import PreviewError, PreviewState
+from velocity.domain import ConfigError, PreviewError, PreviewState, ProviderError
 from velocity.projects import pack_directory
 from velocity.server import running
 from velocity.settings import Settings, load_settings
@@ -44,6 +45,16 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _until_done(work: Coroutine[Any, Any, None]) -> None:
+    """Run the orchestrator; what stops it from starting (a setting missing for its provider, no
+    sandbox tool) is one line naming it and exit status 2, not a traceback."""
+    try:
+        asyncio.run(work)
+    except (ConfigError, ProviderError) as exc:
+        typer.secho(f"velocity: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per proxied request or health check would drown what matters.
@@ -60,7 +71,7 @@ def up(
     _logging()
     settings = _settings(velocity_port=port)
     try:
-        asyncio.run(_up(settings, project, project_id))
+        _until_done(_up(settings, project, project_id))
     except PreviewError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -116,7 +127,7 @@ def serve(
             console.print(f"serving on {orchestrator.settings.orchestrator_url}")
             await orchestrator.serving
 
-    asyncio.run(main())
+    _until_done(main())
 
 
 @app.command()

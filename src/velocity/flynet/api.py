@@ -158,7 +158,10 @@ async def serve(args: argparse.Namespace) -> None:
     own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     own.bind((API_ADDRESS, API_PORT))
     listeners.append(own)
-    server = _Server(uvicorn.Config(emulator, log_level="warning", lifespan="on"))
+    # Open waits and event streams must not hold the shutdown that destroys every machine.
+    server = _Server(
+        uvicorn.Config(emulator, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    )
     try:
         await server.serve(sockets=listeners)
     finally:

@@ -8,10 +8,13 @@ nothing of this touches the host's network. ``ip netns exec`` gives each node Fl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,12 @@ def available() -> str | None:
 
 
 def _remove_namespace(namespace: str) -> None:
+    """Remove a namespace, ending first whatever still runs in it (a namespace outlives its name
+    while a process holds it, and so would the process)."""
+    inside = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    for pid in inside.stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
     shutil.rmtree(NETNS_DIR / namespace, ignore_errors=True)
 

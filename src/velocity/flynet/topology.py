@@ -184,6 +184,10 @@ class Topology:
                 + "".join(self.output.get(name, []))
             ) from None
 
+    def tails(self, lines: int = 40) -> str:
+        """The last lines each process printed, for a test's failure message."""
+        return "\n".join(f"--- {name}\n" + "".join(out[-lines:]) for name, out in self.output.items())
+
     def command(self, node: str, *argv: str) -> list[str]:
         return self.fabric.command(node, *argv)
 
