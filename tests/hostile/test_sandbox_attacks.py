@@ -226,3 +226,65 @@ async def test_a_sandbox_fills_only_its_own_disks_and_its_console_starts_over(np
         assert not os.path.ismount(image.with_suffix("")), (
             "the user's cache is unmounted with their last sandbox"
         )
+
+
+# Looks for the agent's credentials wherever a process of the sandbox may show them to another.
+CREDENTIAL_HUNT = r"""
+import json, os, sys
+wanted = [w.encode() for w in sys.argv[1:]]
+found, read = [], 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    for part in ("environ", "cmdline"):
+        try:
+            data = open(f"/proc/{pid}/{part}", "rb").read()
+        except OSError:
+            continue
+        read += 1
+        found += [f"{pid}/{part}" for w in wanted if w in data]
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(("/memfd:", "/")) and not target.startswith("/dev/"):
+                data = open(f"/proc/{pid}/fd/{fd}", "rb").read(1 << 20)
+                found += [f"{pid}/fd/{fd} ({target})" for w in wanted if w in data]
+        except OSError:
+            continue
+agent = [
+    pid for pid in filter(str.isdigit, os.listdir("/proc"))
+    if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:3] == [b"-m", b"velocity.agent"]
+]
+memory = {}
+for pid in agent:
+    try:
+        open(f"/proc/{pid}/mem", "rb").close()
+        memory[pid] = "opened"
+    except OSError as exc:
+        memory[pid] = type(exc).__name__
+print(json.dumps({"found": found, "read": read, "agent_memory": memory}))
+"""
+
+
+async def test_user_code_finds_none_of_the_agent_s_credentials(npm_cache: Path) -> None:
+    """The agent's token and origin secret reach it through a descriptor it reads and closes, not
+    the environment every process of the sandbox starts from; and the agent is not dumpable, so user
+    code of the same uid cannot open its memory or descriptors either."""
+    async with live_orchestrator(npm_cache=npm_cache) as live:
+        ready = await live.started(INTRUDER, "my-app")
+        secret = live.running.runtime.issuer.origin_secret(ready["id"])
+        hunt = await live.ask(
+            ready["id"], "/exec", cmd="/usr/bin/python3",
+            arg=["-c", CREDENTIAL_HUNT, "AGENT_TOKEN", "AGENT_ORIGIN_SECRET", secret],
+        )  # fmt: skip
+        assert hunt["status"] == 0, hunt
+        result = json.loads(hunt["stdout"])
+        assert result["read"] >= 4, "the hunt read the environments of the sandbox's processes"
+        assert result["found"] == [], result["found"]
+        assert list(result["agent_memory"].values()) == ["PermissionError"], result["agent_memory"]
+        # The agent still holds them: the preview serves, through the origin check, and live sync.
+        assert (await live.ask(ready["id"], "/whoami"))["project"] == "my-app"

@@ -259,8 +259,8 @@ def scan_machine(scan: Scan, home: Path, *, data_dir: Path) -> None:
         for part in ("environ", "cmdline"):
             scan.add(f"/proc/{pid}/{part}", read(f"/proc/{pid}/{part}"))
     environs = [data for where, data in scan.seen.items() if where.endswith("/environ")]
-    assert len(pids) >= 3 and any(b"AGENT_TOKEN=" in env for env in environs), (
-        "the agent's environment was read"
+    assert len(pids) >= 3 and any(b"PROJECT_ID=" in env for env in environs), (
+        "the sandbox's environments were read"
     )
     agent = next(pid for pid in pids if in_sandbox(pid) and b"velocity.agent" in read(f"/proc/{pid}/cmdline"))
     inside = Path(f"/proc/{agent}/root")  # the sandbox's own view of the file system

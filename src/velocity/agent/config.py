@@ -11,6 +11,8 @@ WORKSPACE              directory the project is written into (created if missing
 AGENT_ORIGIN_SECRET    when set, every request but ``GET /health`` must carry it in ``x-velocity-origin``
                        (the orchestrator's proof, on Fly's private network); removed before the
                        dev server sees the request
+AGENT_SECRETS_FD       an inherited descriptor holding AGENT_TOKEN and AGENT_ORIGIN_SECRET as JSON,
+                       read and closed at start instead of the environment (``credentials``)
 AGENT_LISTEN_FD        serve HTTP on this inherited, listening socket (a local sandbox's: the host
                        binds it where the sandbox cannot see or replace it)
 AGENT_SOCKET           serve HTTP on this unix socket path instead of TCP

@@ -14,6 +14,7 @@ import time
 
 from velocity.agent.boot import boot
 from velocity.agent.config import AgentConfig
+from velocity.agent.credentials import keep_to_myself, take_secrets
 from velocity.agent.egress_bridge import start_bridge
 from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
@@ -24,7 +25,9 @@ from velocity.domain.errors import ConfigError
 def main(started: float | None = None) -> int:
     """Run the agent; returns its exit code. ``started`` is when the process began its work."""
     started = time.monotonic() if started is None else started
+    keep_to_myself()
     try:
+        take_secrets(os.environ)
         config = AgentConfig.from_env(os.environ)
         config.prepare_workspace()
     except ConfigError as exc:

@@ -7,3 +7,10 @@ from __future__ import annotations
 # agent refuses every request without it but ``GET /health`` (Fly's own checks), and removes it
 # before anything reaches the dev server.
 ORIGIN_HEADER = "x-velocity-origin"
+
+# The agent's credentials. A provider that can hand a process a descriptor (the local sandbox) moves
+# them out of the environment into a memory file named by ``SECRETS_FD_VARIABLE`` (JSON, name to
+# value), which the agent reads and closes at start: then no process of the sandbox, user code
+# included, finds them in an environment (``/proc/<pid>/environ`` shows the initial one).
+SECRET_VARIABLES = ("AGENT_TOKEN", "AGENT_ORIGIN_SECRET")
+SECRETS_FD_VARIABLE = "AGENT_SECRETS_FD"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
+from velocity.domain.agent_contract import SECRET_VARIABLES, SECRETS_FD_VARIABLE
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups, disks, seccomp
 from velocity.providers.local.bwrap import (
@@ -183,10 +184,14 @@ class LocalSandboxProvider:
                 raise SandboxUnavailable(f"could not attach the sandbox to its network: {exc}") from exc
             command = [*prefix, *command]
         env = self._env(spec, home, paths)
+        secrets_of_agent = {name: env.pop(name) for name in SECRET_VARIABLES if name in env}
         inherited = () if listener is None else (listener.fileno(),)
         with (home / "console.log").open("ab") as console, arguments:
             if listener is not None:
                 env["AGENT_LISTEN_FD"] = str(listener.fileno())
+            if secrets_of_agent:
+                # Through a descriptor, not the environment every process of the sandbox starts from.
+                env[SECRETS_FD_VARIABLE] = str(arguments.hold_bytes(json.dumps(secrets_of_agent).encode()))
             try:
                 proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec of a shell returns in a few ms
                     command,
