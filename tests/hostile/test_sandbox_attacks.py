@@ -6,14 +6,17 @@ Each attack is a row of docs/security.md's table."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.harness import PROJECTS, live_orchestrator
+from tests.e2e.harness import EXAMPLE, PROJECTS, Live, live_orchestrator, modules_cache
 from velocity.providers.local.provider import agent_socket
 
 pytestmark = pytest.mark.e2e
@@ -288,3 +291,84 @@ async def test_user_code_finds_none_of_the_agent_s_credentials(npm_cache: Path) 
         assert list(result["agent_memory"].values()) == ["PermissionError"], result["agent_memory"]
         # The agent still holds them: the preview serves, through the origin check, and live sync.
         assert (await live.ask(ready["id"], "/whoami"))["project"] == "my-app"
+
+
+# Appends a marker to react in the sandbox's node_modules and in the npm cache's tarball of react
+# (rewritten as a valid gzip tarball, as an attacker who knows npm's cache layout would).
+POISON = r"""
+import io, json, os, sys, tarfile
+marker = b"\nglobalThis.POISONED = 1;\n"
+with open("/workspace/node_modules/react/index.js", "ab") as installed:
+    installed.write(marker)
+cached = sys.argv[1]
+with tarfile.open(cached) as original:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as poisoned:
+        for member in original.getmembers():
+            data = original.extractfile(member).read() if member.isfile() else None
+            if member.name == "package/index.js":
+                data += marker
+                member.size = len(data)
+            poisoned.addfile(member, io.BytesIO(data) if data is not None else None)
+os.chmod(cached, 0o644)
+with open(cached, "wb") as content:
+    content.write(out.getvalue())
+print(json.dumps({"poisoned": cached}))
+"""
+
+
+def cached_tarball(lockfile: Path, package: str) -> str:
+    """Where npm's cache (cacache) keeps ``package``'s tarball, named by the lockfile's integrity."""
+    integrity = json.loads(lockfile.read_text())["packages"][f"node_modules/{package}"]["integrity"]
+    algorithm, digest = integrity.split("-", 1)
+    hexed = base64.b64decode(digest).hex()
+    return f"/cache/npm/_cacache/content-v2/{algorithm}/{hexed[:2]}/{hexed[2:4]}/{hexed[4:]}"
+
+
+async def test_what_a_preview_writes_into_its_packages_or_the_npm_cache_reaches_no_later_preview(
+    npm_cache: Path, tmp_path: Path
+) -> None:
+    """A preview's code appends to react in its node_modules and in the owner's npm cache. Its tree
+    no longer matches the agent's seal, so it is not kept; the owner's next preview installs react
+    again from the cache, where npm refuses the altered tarball against the lockfile's integrity (the
+    agent installs once more after npm drops it); another user's preview never sees that cache. No
+    later preview runs the altered react, and the clean tree is kept again."""
+    project = tmp_path / "poisoner"
+    shutil.copytree(INTRUDER, project)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(EXAMPLE / name, project / name)
+    package = json.loads((project / "package.json").read_text())
+    package["scripts"]["dev"] = "node probe.js"
+    package.pop("type")  # the probe is CommonJS
+    (project / "package.json").write_text(json.dumps(package))
+    marker = "globalThis.POISONED"
+
+    def react(live: Live, preview: dict[str, Any]) -> str:
+        home = live.settings.data_dir / "sandboxes" / preview["machine_id"]
+        return (home / "workspace" / "node_modules" / "react" / "index.js").read_text()
+
+    async with live_orchestrator(npm_cache=npm_cache) as owner, owner.as_user("someone-else") as other:
+        first = await owner.started(project, "poisoner")
+        home = owner.settings.data_dir / "sandboxes" / first["machine_id"]
+        kept = (
+            modules_cache(npm_cache) / f"{json.loads((home / 'machine.json').read_text())['cache_key']}.img"
+        )
+        attack = await owner.ask(
+            first["id"], "/exec", cmd="/usr/bin/python3",
+            arg=["-c", POISON, cached_tarball(project / "package-lock.json", "react")],
+        )  # fmt: skip
+        assert attack["status"] == 0, attack["stderr"]
+        assert marker in react(owner, first), "the attack did change the installed react"
+        assert (await owner.api.delete(f"/v1/previews/{first['id']}")).json()["state"] == "stopped"
+        assert not kept.exists(), "a tree changed after its install was sealed is not kept"
+
+        again = await owner.started(project, "poisoner")
+        assert marker not in react(owner, again)
+        logs = (await owner.api.get(f"/v1/previews/{again['id']}/logs")).text
+        assert "damaged package in its cache" in logs, "npm met the altered tarball and refused it"
+
+        theirs = await other.started(project, "theirs")
+        assert marker not in react(other, theirs)
+
+        assert (await owner.api.delete(f"/v1/previews/{again['id']}")).json()["state"] == "stopped"
+        assert kept.exists(), "the clean install, unchanged since its seal, is kept for the owner"

@@ -13,6 +13,8 @@ AGENT_ORIGIN_SECRET    when set, every request but ``GET /health`` must carry it
                        dev server sees the request
 AGENT_SECRETS_FD       an inherited descriptor holding AGENT_TOKEN and AGENT_ORIGIN_SECRET as JSON,
                        read and closed at start instead of the environment (``credentials``)
+AGENT_SEAL_FD          an inherited descriptor of a host file: after each install the agent writes there
+                       the seal of node_modules (``install_seal``), before any dev server runs
 AGENT_LISTEN_FD        serve HTTP on this inherited, listening socket (a local sandbox's: the host
                        binds it where the sandbox cannot see or replace it)
 AGENT_SOCKET           serve HTTP on this unix socket path instead of TCP
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from velocity.domain.agent_contract import SEAL_FD_VARIABLE
 from velocity.domain.errors import ConfigError
 
 DEFAULT_PORT = 8080
@@ -51,6 +54,7 @@ class AgentConfig:
     workspace: Path
     socket: str | None
     listen_fd: int | None
+    seal_fd: int | None
     port: int
     dev_port: int | None
     linger_seconds: float
@@ -72,7 +76,7 @@ class AgentConfig:
             raise ConfigError(
                 f"AGENT_SOCKET is longer than {_MAX_SOCKET_PATH} bytes, the limit of a unix socket path"
             )
-        listen_fd = _listen_fd(env)
+        listen_fd = _inherited_fd(env, "AGENT_LISTEN_FD")
         port_name = next(
             (name for name in ("CONTAINER_INTERNAL_PORT", "PORT") if env.get(name, "").strip()), None
         )
@@ -86,6 +90,7 @@ class AgentConfig:
             workspace=Path(env.get("WORKSPACE") or os.getcwd()).absolute(),
             socket=socket,
             listen_fd=listen_fd,
+            seal_fd=_inherited_fd(env, SEAL_FD_VARIABLE),
             port=port,
             dev_port=dev_port,
             linger_seconds=_seconds(env, "AGENT_LINGER_SECONDS", DEFAULT_LINGER_SECONDS),
@@ -107,12 +112,12 @@ class AgentConfig:
         return f"unix:{self.socket}" if self.socket else f"http://[::]:{self.port}"
 
 
-def _listen_fd(env: Mapping[str, str]) -> int | None:
-    raw = env.get("AGENT_LISTEN_FD", "").strip()
+def _inherited_fd(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
     if not raw:
         return None
     if not raw.isdigit() or int(raw) < 3:
-        raise ConfigError(f"AGENT_LISTEN_FD must be the number of an inherited file descriptor, not {raw!r}")
+        raise ConfigError(f"{name} must be the number of an inherited file descriptor, not {raw!r}")
     return int(raw)
 
 

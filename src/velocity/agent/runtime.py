@@ -15,6 +15,7 @@ from velocity.agent.config import AgentConfig
 from velocity.agent.context import AgentContext, Extension
 from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
+from velocity.agent.sealing import SealReport
 from velocity.agent.state import AgentState, Status
 from velocity.agent.supervisor import Supervisor
 from velocity.agent.workspace import Workspace
@@ -40,6 +41,7 @@ async def run(
         dev_port=config.dev_port,
         install=boot.install,
         install_started=boot.install_started,
+        seal=SealReport(config.seal_fd),
     )
     if boot.error is not None:
         status.fail(boot.error)

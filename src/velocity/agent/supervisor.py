@@ -23,6 +23,7 @@ from velocity.agent.exits import ExitCode
 from velocity.agent.logs import LogBuffer
 from velocity.agent.probe import answers, free_port
 from velocity.agent.processes import start
+from velocity.agent.sealing import SealReport
 from velocity.agent.state import AgentState, DevServerState, Status
 from velocity.domain.errors import AgentError, PreviewError
 
@@ -57,6 +58,7 @@ class Supervisor:
         dev_port: int | None,
         install: subprocess.Popen[bytes] | None = None,
         install_started: float = 0.0,
+        seal: SealReport | None = None,
     ) -> None:
         self._workspace = workspace
         self._status = status
@@ -65,6 +67,7 @@ class Supervisor:
         self._fixed_port = dev_port
         self._install = install  # started already, during boot
         self._install_started = install_started
+        self._seal = seal or SealReport(None)
         self._installing: Child | None = None
         self._dev: Child | None = None
         self._restart = asyncio.Event()
@@ -105,7 +108,7 @@ class Supervisor:
             lambda status: self._generation > generation and status.state is AgentState.READY, within
         )
 
-    async def _finish_install(self) -> None:
+    async def _finish_install(self, *, again: bool = True) -> None:
         if self._install is None:
             return
         process, self._install = self._install, None
@@ -113,10 +116,22 @@ class Supervisor:
         code = await child.wait()
         self._installing = None
         self._status.timings.install_ms = Status.elapsed_ms(self._install_started)
+        if code != 0 and again and self._cache_was_damaged():
+            # npm checks every package it takes from its cache against the lockfile's integrity and
+            # drops one that fails, but then gives up instead of fetching it again; once more does.
+            self._logs.agent("npm found a damaged package in its cache and dropped it; installing again")
+            self.start_install()
+            await self._finish_install(again=False)
+            return
         if code != 0:
             last = self._last_output()
             raise AgentError(f"installing the dependencies failed: npm {describe_exit(code)}{last}")
         self._logs.agent(f"dependencies installed in {self._status.timings.install_ms:.0f} ms")
+        await self._seal.write(self._workspace)
+
+    def _cache_was_damaged(self) -> bool:
+        output = [line.line for line in self._logs.tail(50) if line.stream != "agent"]
+        return any("EINTEGRITY" in line or ("ENOENT" in line and "_cacache" in line) for line in output)
 
     async def _supervise(self) -> ExitCode:
         crashes = 0

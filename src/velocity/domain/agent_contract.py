@@ -14,3 +14,9 @@ ORIGIN_HEADER = "x-velocity-origin"
 # included, finds them in an environment (``/proc/<pid>/environ`` shows the initial one).
 SECRET_VARIABLES = ("AGENT_TOKEN", "AGENT_ORIGIN_SECRET")
 SECRETS_FD_VARIABLE = "AGENT_SECRETS_FD"
+
+# Where the agent reports what its install left in node_modules (``install_seal.seal``): a descriptor
+# of a host file the provider opens for writing, named by this variable. The provider keeps a
+# machine's node_modules for the owner's next preview only if the tree it finds at the end still
+# matches the agent's last seal.
+SEAL_FD_VARIABLE = "AGENT_SEAL_FD"

@@ -15,14 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
-from velocity.domain.agent_contract import SECRET_VARIABLES, SECRETS_FD_VARIABLE
+from velocity.domain.agent_contract import SEAL_FD_VARIABLE, SECRET_VARIABLES, SECRETS_FD_VARIABLE
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups, disks, seccomp
 from velocity.providers.local.bwrap import (
@@ -41,6 +41,8 @@ from velocity.providers.local.network import NetworkOptions, SandboxNetwork
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 2.0
+# In a machine's directory: the seal of its node_modules, as its agent last reported it (``modules``).
+SEAL_FILE = "install-seal"
 # A user's npm cache fuller than this when their last sandbox ends starts afresh next time.
 NPM_CACHE_FULL = 0.8
 # Users' npm caches kept on disk when nobody uses them; the least recently used go first.
@@ -165,7 +167,7 @@ class LocalSandboxProvider:
     ) -> Machine:
         home = self._options.root / machine_id
         if spec.cache_key and not reused and self._disk_limit_reason is not None:
-            await asyncio.to_thread(self._modules.link, spec.cache_key, paths.workspace)
+            await asyncio.to_thread(self._modules.link, spec.cache_key, paths.workspace, home / SEAL_FILE)
         project_id = spec.metadata.get(META_PROJECT_ID) or spec.env.get("PROJECT_ID", "")
         if self._network is not None:
             try:
@@ -186,9 +188,12 @@ class LocalSandboxProvider:
         env = self._env(spec, home, paths)
         secrets_of_agent = {name: env.pop(name) for name in SECRET_VARIABLES if name in env}
         inherited = () if listener is None else (listener.fileno(),)
-        with (home / "console.log").open("ab") as console, arguments:
+        with (home / "console.log").open("ab") as console, arguments, _seal_file(home, spec) as seal_fd:
             if listener is not None:
                 env["AGENT_LISTEN_FD"] = str(listener.fileno())
+            if seal_fd is not None:
+                env[SEAL_FD_VARIABLE] = str(seal_fd)
+                inherited = (*inherited, seal_fd)
             if secrets_of_agent:
                 # Through a descriptor, not the environment every process of the sandbox starts from.
                 env[SECRETS_FD_VARIABLE] = str(arguments.hold_bytes(json.dumps(secrets_of_agent).encode()))
@@ -348,7 +353,7 @@ class LocalSandboxProvider:
             self._own(workspace)
             return False
         image = home / "workspace.img"
-        if spec.cache_key and self._modules.claim(spec.cache_key, image):
+        if spec.cache_key and self._modules.claim(spec.cache_key, image, home / SEAL_FILE):
             try:
                 disks.mount(image, workspace)
                 return True
@@ -365,12 +370,16 @@ class LocalSandboxProvider:
         workspace = home / "workspace"
         if self._disk_limit_reason is not None:
             if cache_key:
-                self._modules.keep(cache_key, workspace)
+                self._modules.keep(cache_key, workspace, home / SEAL_FILE)
             return
-        keep = bool(cache_key) and os.path.ismount(workspace) and self._modules.ready_to_keep(workspace)
+        keep = (
+            bool(cache_key)
+            and os.path.ismount(workspace)
+            and self._modules.ready_to_keep(workspace, home / SEAL_FILE)
+        )
         disks.unmount(workspace)
         if keep and cache_key:
-            self._modules.keep_image(cache_key, home / "workspace.img")
+            self._modules.keep_image(cache_key, home / "workspace.img", home / SEAL_FILE)
 
     async def _discard(self, machine_id: str, metadata: Mapping[str, str]) -> None:
         if self._options.attachment is not None:
@@ -629,6 +638,19 @@ class _ArgumentsFile:
         for fd in self.fds:
             os.close(fd)
         self.fds = ()
+
+
+@contextlib.contextmanager
+def _seal_file(home: Path, spec: MachineSpec) -> Iterator[int | None]:
+    """A descriptor of the machine's seal file for its agent, where its node_modules may be kept."""
+    if not spec.cache_key:
+        yield None
+        return
+    fd = os.open(home / SEAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def agent_socket(home: Path) -> Path:
