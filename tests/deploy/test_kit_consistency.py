@@ -35,6 +35,9 @@ from tests.deploy.deploy_files import (
     steps_using,
     workflow,
 )
+from velocity.agent import guest
+from velocity.agent.guest import agent_command
+from velocity.agent.identity import UserCode
 from velocity.deploy import FORBIDDEN_ENV, PREVIEW_TEMPLATE_PATH, load_machine_template
 from velocity.providers.local.bwrap import AGENT_ARGS
 from velocity.settings import Settings
@@ -225,15 +228,17 @@ def test_the_orchestrator_image_carries_the_preview_template() -> None:
 
 
 def test_the_image_starts_the_agent_the_way_the_local_sandbox_does() -> None:
-    """CMD is ``python -m velocity.agent`` (the agent's virtualenv first on PATH, no ENTRYPOINT), and
-    the local provider runs the same module after its own interpreter."""
+    """CMD is ``python -m velocity.agent.guest`` (the agent's virtualenv first on PATH, no ENTRYPOINT),
+    which makes the machine safe and then executes the module the local provider runs after its own
+    interpreter."""
     cmd = exec_form(PREVIEW_DOCKERFILE, "CMD")
-    assert cmd == ["python", "-m", "velocity.agent"]
+    assert cmd == ["python", "-m", "velocity.agent.guest"]
     assert env(PREVIEW_DOCKERFILE)["PATH"].startswith("/opt/velocity/bin:")
     with pytest.raises(AssertionError, match="no ENTRYPOINT"):
         exec_form(PREVIEW_DOCKERFILE, "ENTRYPOINT")
-    assert tuple(cmd[1:]) == AGENT_ARGS, "the local provider runs the same module after its interpreter"
-    assert importlib.util.find_spec(cmd[2] + ".__main__") is not None
+    assert importlib.util.find_spec(cmd[2]) is not None
+    assert tuple(agent_command(UserCode(10001, 10001))[-2:]) == AGENT_ARGS[-2:]
+    assert "preview-container/firewall.nft" in copy_sources(PREVIEW_DOCKERFILE)
 
 
 def test_a_deploy_keeps_the_previews_running() -> None:
@@ -254,11 +259,18 @@ def test_a_deploy_keeps_the_previews_running() -> None:
 
 
 def test_user_code_runs_as_an_unprivileged_user() -> None:
-    """Both images end as a numeric, non-root user."""
-    for dockerfile in (PREVIEW_DOCKERFILE, ORCHESTRATOR_DOCKERFILE):
-        users = [i.arguments for i in final_stage(dockerfile) if i.keyword == "USER"]
-        assert users, f"{dockerfile} never leaves root"
-        assert users[-1].split(":")[0] not in {"0", "root"}
+    """The orchestrator's image ends as a numeric, non-root user. The preview image ends as root for
+    its entrypoint alone, which becomes the agent's uid (10002) and starts the project's code as the
+    image's ``preview`` user (10001): both users are made in the image with those ids
+    (tests/hostile/test_fly_guest.py runs the entrypoint)."""
+    users = [i.arguments for i in final_stage(ORCHESTRATOR_DOCKERFILE) if i.keyword == "USER"]
+    assert users, f"{ORCHESTRATOR_DOCKERFILE} never leaves root"
+    assert users[-1].split(":")[0] not in {"0", "root"}
+    preview = [i.arguments for i in final_stage(PREVIEW_DOCKERFILE) if i.keyword == "USER"]
+    assert preview[-1] == "0:0" and exec_form(PREVIEW_DOCKERFILE, "CMD")[2] == "velocity.agent.guest"
+    text = PREVIEW_DOCKERFILE.read_text()
+    assert f"useradd --uid {guest.AGENT_UID} --gid 10001" in text
+    assert guest.DEFAULT_USER == "10001:10001" and "useradd --uid 10001 --user-group" in text
 
 
 def test_the_toolchain_versions_agree() -> None:

@@ -8,6 +8,8 @@ import re
 import pytest
 
 from tests.e2e.harness import EXAMPLE, REPO, Live
+from velocity.agent.guest import agent_command
+from velocity.agent.identity import UserCode
 from velocity.providers.local.bwrap import AGENT_ARGS
 
 pytestmark = pytest.mark.e2e
@@ -21,11 +23,12 @@ def image_cmd() -> list[str]:
     return parsed
 
 
-def test_the_image_cmd_is_the_local_sandboxes_agent_command() -> None:
-    """CMD ["python", "-m", "velocity.agent"]: the same module and arguments as every local machine."""
+def test_the_image_cmd_ends_in_the_local_sandboxes_agent_command() -> None:
+    """CMD ["python", "-m", "velocity.agent.guest"]: the entrypoint makes the machine safe, then
+    executes the same module and arguments as every local machine."""
     cmd = image_cmd()
-    assert cmd[0] == "python"
-    assert tuple(cmd[1:]) == AGENT_ARGS
+    assert cmd == ["python", "-m", "velocity.agent.guest"]
+    assert tuple(agent_command(UserCode(10001, 10001))[-2:]) == AGENT_ARGS
 
 
 async def test_the_agent_started_as_the_image_starts_it_serves_health_in_a_sandbox(live: Live) -> None:

@@ -226,3 +226,16 @@ async def test_a_machine_the_api_does_not_show_yet_is_not_taken_for_gone(world: 
     for _ in range(20):
         await world.clock.advance(0.1)
     assert (await world.service.settled(preview.id, timeout=5)).state == PreviewState.READY
+
+
+async def test_a_machine_gets_the_egress_allowlist_its_own_proxy_decides_by(world: World) -> None:
+    """PREVIEW_EGRESS_ALLOWLIST reaches the machine's environment when set (a Fly machine's proxy
+    reads it); unset, the machine's own default applies and nothing is passed."""
+    preview, _ = await world.service.create(ALICE, "alice-one")
+    ready = await world.service.settled(preview.id, timeout=5)
+    assert "PREVIEW_EGRESS_ALLOWLIST" not in world.provider.specs[ready.machine_id or ""].env
+    world.settings.preview_egress_allowlist = ["registry.npmjs.org", "api.example.com:8443"]
+    preview, _ = await world.service.create(ALICE, "alice-two")
+    ready = await world.service.settled(preview.id, timeout=5)
+    env = world.provider.specs[ready.machine_id or ""].env
+    assert env["PREVIEW_EGRESS_ALLOWLIST"] == "registry.npmjs.org,api.example.com:8443"

@@ -31,6 +31,11 @@ class Boot:
 
 def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
     result = Boot()
+    if config.policy_error is not None:
+        # The machine could not be made safe for the project's code, so none of it runs.
+        result.error = f"the machine's network policy could not be applied: {config.policy_error}"
+        logs.agent(f"failed: {result.error}")
+        return result
     try:
         if config.snapshot_url is not None:
             began = time.monotonic()
@@ -44,7 +49,12 @@ def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
         else:
             result.install_started = time.monotonic()
             result.install = start(
-                command.argv, cwd=config.workspace, env=command.env, logs=logs, label="install"
+                command.argv,
+                cwd=config.workspace,
+                env=command.env,
+                logs=logs,
+                label="install",
+                user=config.user,
             )
     except PreviewError as exc:
         result.error = exc.message

@@ -15,6 +15,10 @@ AGENT_SECRETS_FD       an inherited descriptor holding AGENT_TOKEN and AGENT_ORI
                        read and closed at start instead of the environment (``credentials``)
 AGENT_SEAL_FD          an inherited descriptor of a host file: after each install the agent writes there
                        the seal of node_modules (``install_seal``), before any dev server runs
+AGENT_USER             uid:gid the project's code (install, dev server) runs as, apart from the agent's
+                       own uid (``identity``); unset: as the agent's
+AGENT_POLICY_ERROR     set by the image's entrypoint when the machine's network policy could not be
+                       applied: the agent then runs none of the project's code and reports why
 AGENT_LISTEN_FD        serve HTTP on this inherited, listening socket (a local sandbox's: the host
                        binds it where the sandbox cannot see or replace it)
 AGENT_SOCKET           serve HTTP on this unix socket path instead of TCP
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from velocity.agent.identity import USER_VARIABLE, UserCode
 from velocity.domain.agent_contract import SEAL_FD_VARIABLE
 from velocity.domain.errors import ConfigError
 
@@ -55,6 +60,8 @@ class AgentConfig:
     socket: str | None
     listen_fd: int | None
     seal_fd: int | None
+    user: UserCode | None
+    policy_error: str | None
     port: int
     dev_port: int | None
     linger_seconds: float
@@ -91,6 +98,8 @@ class AgentConfig:
             socket=socket,
             listen_fd=listen_fd,
             seal_fd=_inherited_fd(env, SEAL_FD_VARIABLE),
+            user=UserCode.parse(env[USER_VARIABLE]) if env.get(USER_VARIABLE, "").strip() else None,
+            policy_error=env.get("AGENT_POLICY_ERROR", "").strip() or None,
             port=port,
             dev_port=dev_port,
             linger_seconds=_seconds(env, "AGENT_LINGER_SECONDS", DEFAULT_LINGER_SECONDS),

@@ -17,7 +17,9 @@ from velocity.agent.config import AgentConfig
 from velocity.agent.credentials import keep_to_myself, take_secrets
 from velocity.agent.egress_bridge import start_bridge
 from velocity.agent.exits import ExitCode
+from velocity.agent.identity import SHARED_UMASK
 from velocity.agent.logs import LogBuffer
+from velocity.agent.machine_egress import start_machine_proxy
 from velocity.agent.versions import AGENT_VERSION, PROTOCOL
 from velocity.domain.errors import ConfigError
 
@@ -29,6 +31,8 @@ def main(started: float | None = None) -> int:
     try:
         take_secrets(os.environ)
         config = AgentConfig.from_env(os.environ)
+        if config.user is not None:
+            os.umask(SHARED_UMASK)  # the project's user and the agent change each other's files
         config.prepare_workspace()
     except ConfigError as exc:
         print(f"velocity-agent: {exc.message}", file=sys.stderr)
@@ -36,6 +40,11 @@ def main(started: float | None = None) -> int:
     logs = LogBuffer()
     logs.agent(f"velocity agent {AGENT_VERSION} (protocol {PROTOCOL}) for project {config.project_id}")
     start_bridge(os.environ, logs)  # before the snapshot fetch and npm, which go through it
+    try:
+        start_machine_proxy(os.environ, logs)
+    except ConfigError as exc:
+        print(f"velocity-agent: {exc.message}", file=sys.stderr)
+        return ExitCode.CONFIG
     first_steps = boot(config, logs)
 
     # From here on, loading overlaps the install.

@@ -15,17 +15,25 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from velocity.agent.identity import UserCode
 from velocity.agent.logs import LogBuffer
 from velocity.domain.errors import AgentError
 
 
 def start(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], logs: LogBuffer, label: str
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    logs: LogBuffer,
+    label: str,
+    user: UserCode | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` as the leader of a new process group, with its output on two pipes."""
+    """Start ``argv`` as the leader of a new process group, with its output on two pipes; as the
+    project's own user when the machine has one (``identity``)."""
     try:
         process = subprocess.Popen(
-            list(argv),
+            list(argv) if user is None else user.command(argv),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,

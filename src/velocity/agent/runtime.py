@@ -42,6 +42,7 @@ async def run(
         install=boot.install,
         install_started=boot.install_started,
         seal=SealReport(config.seal_fd),
+        user=config.user,
     )
     if boot.error is not None:
         status.fail(boot.error)

@@ -20,6 +20,7 @@ from typing import Any
 from velocity.agent.children import Child
 from velocity.agent.commands import dev_command, install_command
 from velocity.agent.exits import ExitCode
+from velocity.agent.identity import UserCode
 from velocity.agent.logs import LogBuffer
 from velocity.agent.probe import answers, free_port
 from velocity.agent.processes import start
@@ -59,6 +60,7 @@ class Supervisor:
         install: subprocess.Popen[bytes] | None = None,
         install_started: float = 0.0,
         seal: SealReport | None = None,
+        user: UserCode | None = None,
     ) -> None:
         self._workspace = workspace
         self._status = status
@@ -68,6 +70,7 @@ class Supervisor:
         self._install = install  # started already, during boot
         self._install_started = install_started
         self._seal = seal or SealReport(None)
+        self._user = user
         self._installing: Child | None = None
         self._dev: Child | None = None
         self._restart = asyncio.Event()
@@ -83,7 +86,12 @@ class Supervisor:
             return
         self._install_started = time.monotonic()
         self._install = start(
-            command.argv, cwd=self._workspace, env=command.env, logs=self._logs, label="install"
+            command.argv,
+            cwd=self._workspace,
+            env=command.env,
+            logs=self._logs,
+            label="install",
+            user=self._user,
         )
 
     async def run(self) -> ExitCode:
@@ -179,7 +187,12 @@ class Supervisor:
         dev.state = DevServerState.STARTING
         started = time.monotonic()
         process = start(
-            command.argv, cwd=self._workspace, env=command.env, logs=self._logs, label="dev server"
+            command.argv,
+            cwd=self._workspace,
+            env=command.env,
+            logs=self._logs,
+            label="dev server",
+            user=self._user,
         )
         child = self._dev = await Child.adopt(process, "dev server", self._logs)
         self._generation += 1

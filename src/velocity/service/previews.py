@@ -322,6 +322,9 @@ class PreviewService:
             "SUPABASE_URL": s.supabase_url or s.orchestrator_url,
             "SUPABASE_ANON_KEY": s.supabase_anon_key.get_secret_value() if s.supabase_anon_key else "",
         }
+        if s.preview_egress_allowlist is not None:
+            # A machine with a proxy of its own (a Fly machine's, ``agent.machine_egress``) decides by it.
+            env["PREVIEW_EGRESS_ALLOWLIST"] = ",".join(s.preview_egress_allowlist)
         metadata = {
             META_OWNER: OWNER_VALUE,
             META_PREVIEW_ID: preview.id,
