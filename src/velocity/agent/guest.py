@@ -35,7 +35,7 @@ from velocity.domain.errors import ConfigError
 FIREWALL = Path("/etc/velocity/firewall.nft")
 AGENT_UID = 10002  # the firewall's AGENT_UID: the one uid it lets out
 DEFAULT_USER = "10001:10001"  # the image's ``preview`` user
-AGENT_CAPABILITIES = "setuid,setgid,kill"
+AGENT_CAPABILITIES = ("setuid", "setgid", "kill")
 
 
 class PolicyError(Exception):
@@ -107,7 +107,7 @@ def agent_command(user: UserCode) -> list[str]:
     project's processes."""
     if os.geteuid() != 0:
         return [sys.executable, "-m", "velocity.agent"]
-    keep = ",".join(f"+{cap}" for cap in AGENT_CAPABILITIES.split(","))
+    keep = ",".join(f"+{cap}" for cap in AGENT_CAPABILITIES)
     return [
         "setpriv",
         f"--reuid={AGENT_UID}",

@@ -20,12 +20,11 @@ class SealReport:
         if fd is not None:
             os.set_inheritable(fd, False)
 
-    async def write(self, workspace: Path) -> str | None:
-        """Seal ``workspace/node_modules`` and report it; the seal, or None with nowhere to report."""
+    async def write(self, workspace: Path) -> None:
+        """Seal ``workspace/node_modules`` and report it (nothing, with nowhere to report)."""
         if self._fd is None:
-            return None
+            return
         digest = await asyncio.to_thread(seal, workspace / "node_modules")
         data = (digest or "").encode()
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
-        return digest

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from velocity.agent.children import Child
-from velocity.agent.commands import dev_command, install_command
+from velocity.agent.commands import Command, dev_command, install_command
 from velocity.agent.exits import ExitCode
 from velocity.agent.identity import UserCode
 from velocity.agent.logs import LogBuffer
@@ -85,14 +85,7 @@ class Supervisor:
             self._logs.agent("no package.json: nothing to install")
             return
         self._install_started = time.monotonic()
-        self._install = start(
-            command.argv,
-            cwd=self._workspace,
-            env=command.env,
-            logs=self._logs,
-            label="install",
-            user=self._user,
-        )
+        self._install = self._start(command, "install")
 
     async def run(self) -> ExitCode:
         """Finish the install, then supervise the dev server until the preview fails or this is cancelled."""
@@ -136,6 +129,11 @@ class Supervisor:
             raise AgentError(f"installing the dependencies failed: npm {describe_exit(code)}{last}")
         self._logs.agent(f"dependencies installed in {self._status.timings.install_ms:.0f} ms")
         await self._seal.write(self._workspace)
+
+    def _start(self, command: Command, label: str) -> subprocess.Popen[bytes]:
+        return start(
+            command.argv, cwd=self._workspace, env=command.env, logs=self._logs, label=label, user=self._user
+        )
 
     def _cache_was_damaged(self) -> bool:
         output = [line.line for line in self._logs.tail(50) if line.stream != "agent"]
@@ -186,14 +184,7 @@ class Supervisor:
         self._status.set_state(AgentState.STARTING)
         dev.state = DevServerState.STARTING
         started = time.monotonic()
-        process = start(
-            command.argv,
-            cwd=self._workspace,
-            env=command.env,
-            logs=self._logs,
-            label="dev server",
-            user=self._user,
-        )
+        process = self._start(command, "dev server")
         child = self._dev = await Child.adopt(process, "dev server", self._logs)
         self._generation += 1
         dev.pid, dev.exit_code = child.pid, None

@@ -50,7 +50,7 @@ class ModulesCache:
             return False
         shutil.copyfile(kept / "seal", seal_file)
         linked = subprocess.run(
-            ["cp", "-al", str(self._root / key / "node_modules"), str(workspace / "node_modules")],
+            ["cp", "-al", str(kept / "node_modules"), str(workspace / "node_modules")],
             capture_output=True,
             check=False,
         )
@@ -58,7 +58,7 @@ class ModulesCache:
             log.info("could not link kept dependencies: %s", linked.stderr.decode(errors="replace")[-200:])
             shutil.rmtree(workspace / "node_modules", ignore_errors=True)
             return False
-        os.utime(self._root / key)  # most recently used, for eviction
+        os.utime(kept)  # most recently used, for eviction
         return True
 
     def claim(self, key: str, image: Path, seal_file: Path) -> bool:
@@ -83,9 +83,7 @@ class ModulesCache:
         agent sealed it; if so, everything else on it (the project's files, tool caches) is removed,
         without following any link."""
         modules = workspace / "node_modules"
-        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
-            return False
-        if not _sealed(modules, seal_file):
+        if not self._keepable(modules, seal_file):
             return False
         for entry in workspace.iterdir():
             if entry.name != "node_modules":
@@ -116,10 +114,9 @@ class ModulesCache:
         are links are removed as links.
         """
         modules = workspace / "node_modules"
-        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
+        if not self._keepable(modules, seal_file):
             return False
-        if not _sealed(modules, seal_file):
-            return False
+        assert self._root is not None
         if (self._root / key).exists():
             os.utime(self._root / key)
             return False
@@ -137,6 +134,13 @@ class ModulesCache:
             return False
         self._evict()
         return True
+
+    def _keepable(self, modules: Path, seal_file: Path) -> bool:
+        """A complete install (npm writes ``.package-lock.json`` last), not a link, unchanged since
+        the agent sealed it."""
+        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
+            return False
+        return _sealed(modules, seal_file)
 
     def _evict(self) -> None:
         assert self._root is not None
