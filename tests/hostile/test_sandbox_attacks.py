@@ -364,8 +364,8 @@ async def test_what_a_preview_writes_into_its_packages_or_the_npm_cache_reaches_
 
         again = await owner.started(project, "poisoner")
         assert marker not in react(owner, again)
-        logs = (await owner.api.get(f"/v1/previews/{again['id']}/logs")).text
-        assert "damaged package in its cache" in logs, "npm met the altered tarball and refused it"
+        # Whether npm meets the altered tarball (and the agent installs once more) or fetches react
+        # afresh depends on what else npm kept in its index; either way it installs the real react.
 
         theirs = await other.started(project, "theirs")
         assert marker not in react(other, theirs)
