@@ -84,3 +84,12 @@ def test_on_fly_the_preview_app_must_be_named_and_no_secret_is_echoed(
     assert "fo1_not-to-be-printed" not in raised.value.message
     monkeypatch.setenv("VELOCITY_FLY_APP_NAME", "velocity-preview-containers")
     assert load_settings(_env_file=None).fly_app_name == "velocity-preview-containers"
+
+
+def test_the_agent_and_the_project_s_code_must_be_two_uids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox started by root runs the agent and the project's code as two users; one uid for both
+    is refused at start, naming both settings."""
+    monkeypatch.setenv("LOCAL_AGENT_UID", "1000")
+    monkeypatch.setenv("LOCAL_SANDBOX_UID", "1000")
+    with pytest.raises(ConfigError, match="LOCAL_AGENT_UID and LOCAL_SANDBOX_UID must differ"):
+        load_settings(_env_file=None)

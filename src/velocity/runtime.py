@@ -101,6 +101,7 @@ def make_provider(settings: Settings) -> MachineProvider:
                 modules_cache=settings.modules_cache_dir,
                 modules_cache_entries=settings.local_modules_cache_entries,
                 sandbox_uid=settings.local_sandbox_uid,
+                agent_uid=settings.local_agent_uid,
                 pids_max=settings.local_sandbox_pids_max,
                 allow_unisolated=settings.local_sandbox_allow_unisolated,
             )

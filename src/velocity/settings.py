@@ -162,7 +162,14 @@ class Settings(BaseSettings):
         50 << 20, ge=1024, description="MAX_PROJECT_BYTES: largest project snapshot"
     )
     local_sandbox_uid: int = Field(
-        65534, ge=1, description="LOCAL_SANDBOX_UID: unprivileged uid sandboxes run as when started by root"
+        65534,
+        ge=1,
+        description="LOCAL_SANDBOX_UID: uid (and gid) of the project's code in sandboxes started by root",
+    )
+    local_agent_uid: int = Field(
+        65533,
+        ge=1,
+        description="LOCAL_AGENT_UID: uid of the agent in sandboxes started by root (in the project's group)",
     )
     local_npm_cache_dir: Path | None = Field(
         None,
@@ -210,6 +217,15 @@ class Settings(BaseSettings):
         if value is not None:
             parse_allowlist(value)  # a ValueError names the bad entry
         return value
+
+    @model_validator(mode="after")
+    def _two_sandbox_uids(self) -> Settings:
+        if self.local_agent_uid == self.local_sandbox_uid:
+            raise ValueError(
+                "LOCAL_AGENT_UID and LOCAL_SANDBOX_UID must differ: the agent and the project's code "
+                "are two users, so that the project's code cannot signal or read the agent"
+            )
+        return self
 
     @model_validator(mode="after")
     def _preview_app_on_fly(self) -> Settings:

@@ -42,6 +42,35 @@ def test_vite_runs_from_its_entry_file_on_the_agents_port(
     assert command.env["PATH"] == "/bin"
 
 
+def test_the_project_s_code_inherits_only_what_a_project_needs(tmp_path: Path) -> None:
+    """From a Fly machine's environment, npm and the dev server get the path, the proxy, npm's and
+    the app's public settings; none of the agent's, Fly's or the orchestrator's."""
+    machine = {
+        "PATH": "/usr/local/bin:/usr/bin",
+        "HOME": "/tmp",
+        "HTTPS_PROXY": "http://127.0.0.1:3128",
+        "NO_PROXY": "localhost",
+        "NPM_CONFIG_REGISTRY": "https://registry.npmjs.org/",
+        "SUPABASE_URL": "https://abc.supabase.co",
+        "SUPABASE_ANON_KEY": "anon",
+        "VITE_API_URL": "https://api.example.com",
+        "AGENT_TOKEN": "t",
+        "AGENT_ORIGIN_SECRET": "s",
+        "AGENT_USER": "10001:10001",
+        "SNAPSHOT_URL": "http://orchestrator.internal/v1/projects/p/snapshot",
+        "FLY_API_TOKEN": "fly",
+        "FLY_MACHINE_ID": "148e21ea7d1e89",
+        "FLY_PRIVATE_IP": "fdaa:0:1::2",
+        "DATABASE_URL": "postgresql://orchestrator",
+        "PYTHONPATH": "/opt/velocity",
+    }
+    command = dev_command(_project(tmp_path, "vite", vite=True), 5173, machine)
+    kept = {"PATH", "HOME", "HTTPS_PROXY", "NO_PROXY", "NPM_CONFIG_REGISTRY", "SUPABASE_URL"}
+    kept |= {"SUPABASE_ANON_KEY", "VITE_API_URL"}
+    assert {name for name in command.env if name in machine} == kept
+    assert command.env["PORT"] == "5173"
+
+
 @pytest.mark.parametrize(
     ("script", "vite"),
     [("node server.js", True), ("vite && echo done", True), ("vite", False), ("next dev", True)],

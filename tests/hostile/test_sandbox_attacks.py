@@ -37,7 +37,10 @@ async def test_a_link_planted_for_the_agent_socket_does_not_hand_over_another_pr
         assert victim_socket.exists()
 
         planted = await mallory.ask(mine["id"], "/plant-socket", target=str(victim_socket))
-        assert planted["planted"]["/run/velocity/agent.sock"]["ok"], planted
+        # Some places are the project's to write (the workspace); where they are not, the plant fails.
+        outcomes = planted["planted"]
+        assert outcomes["/workspace/agent.sock"]["ok"], planted
+        assert all(o["ok"] or o["error"] in ("EACCES", "EROFS") for o in outcomes.values()), planted
 
         # Concurrent requests open new connections to the agent, each one dialled after the plant.
         answers = await asyncio.gather(*(mallory.ask(mine["id"], "/whoami") for _ in range(8)))
@@ -262,21 +265,32 @@ agent = [
     pid for pid in filter(str.isdigit, os.listdir("/proc"))
     if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:3] == [b"-m", b"velocity.agent"]
 ]
-memory = {}
+memory, signalled, agent_uids = {}, {}, []
 for pid in agent:
     try:
         open(f"/proc/{pid}/mem", "rb").close()
         memory[pid] = "opened"
     except OSError as exc:
         memory[pid] = type(exc).__name__
-print(json.dumps({"found": found, "read": read, "agent_memory": memory}))
+    try:
+        os.kill(int(pid), 0)
+        signalled[pid] = "delivered"
+    except OSError as exc:
+        signalled[pid] = type(exc).__name__
+    status = open(f"/proc/{pid}/status").read()
+    agent_uids += [int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")]
+print(json.dumps({
+    "found": found, "read": read, "agent_memory": memory, "signalled": signalled,
+    "agent_uids": agent_uids, "my_uid": os.getuid(), "my_caps": open("/proc/self/status").read(),
+}))
 """
 
 
 async def test_user_code_finds_none_of_the_agent_s_credentials(npm_cache: Path) -> None:
     """The agent's token and origin secret reach it through a descriptor it reads and closes, not
-    the environment every process of the sandbox starts from; and the agent is not dumpable, so user
-    code of the same uid cannot open its memory or descriptors either."""
+    the environment every process of the sandbox starts from. The project's code runs as a uid of
+    its own with no capabilities, so it can neither open the agent's memory or descriptors nor
+    signal it (and the agent is not dumpable, which guards it where the two share a uid)."""
     async with live_orchestrator(npm_cache=npm_cache) as live:
         ready = await live.started(INTRUDER, "my-app")
         secret = live.running.runtime.issuer.origin_secret(ready["id"])
@@ -289,6 +303,14 @@ async def test_user_code_finds_none_of_the_agent_s_credentials(npm_cache: Path) 
         assert result["read"] >= 4, "the hunt read the environments of the sandbox's processes"
         assert result["found"] == [], result["found"]
         assert list(result["agent_memory"].values()) == ["PermissionError"], result["agent_memory"]
+        if os.geteuid() == 0:  # a sandbox started by root has two uids (unprivileged: one, mapped)
+            settings = live.settings
+            assert result["my_uid"] == settings.local_sandbox_uid
+            assert result["agent_uids"] == [settings.local_agent_uid]
+            assert list(result["signalled"].values()) == ["PermissionError"], result["signalled"]
+            caps = {k: v for k, v in (line.split(":\t") for line in result["my_caps"].splitlines())}
+            assert {caps[k] for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")} == {"0" * 16}, caps
+            assert caps["NoNewPrivs"] == "1"
         # The agent still holds them: the preview serves, through the origin check, and live sync.
         assert (await live.ask(ready["id"], "/whoami"))["project"] == "my-app"
 

@@ -29,10 +29,29 @@ class Command:
         return shlex.join(self.argv)
 
 
+# What the project's code inherits from the machine's environment, and nothing else: not the agent's
+# settings and credentials (AGENT_*, SNAPSHOT_URL), not Fly's (FLY_*), not the orchestrator's.
+CHILD_VARIABLES = frozenset(
+    {
+        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "NODE_USE_ENV_PROXY", "NODE_ENV", "NODE_OPTIONS", "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "CI",
+        "SUPABASE_URL", "SUPABASE_ANON_KEY", "PROJECT_ID", "PREVIEW_ID",
+    }
+)  # fmt: skip
+# Package managers' settings, locales, and the variables frameworks show the browser.
+CHILD_PREFIXES = ("LC_", "NPM_CONFIG_", "npm_config_", "COREPACK_", "VITE_", "NEXT_PUBLIC_", "PUBLIC_")
+
+
 def child_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The agent's environment minus its own settings, AGENT_TOKEN above all: user code must not see them."""
-    env = {name: value for name, value in base.items() if not name.startswith("AGENT_")}
-    env.pop("SNAPSHOT_URL", None)
+    """What npm and the dev server start with: the machine's environment reduced to
+    ``CHILD_VARIABLES`` and ``CHILD_PREFIXES``, so user code sees none of the agent's settings."""
+    env = {
+        name: value
+        for name, value in base.items()
+        if name in CHILD_VARIABLES or name.startswith(CHILD_PREFIXES)
+    }
     # npm would otherwise ask the registry whether a newer npm exists, on every start.
     env["npm_config_update_notifier"] = "false"
     return env

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from velocity.agent.identity import USER_VARIABLE, UserCode
-from velocity.domain.agent_contract import SEAL_FD_VARIABLE
+from velocity.agent.identity import UserCode
+from velocity.domain.agent_contract import SEAL_FD_VARIABLE, USER_VARIABLE
 from velocity.domain.errors import ConfigError
 
 DEFAULT_PORT = 8080

@@ -29,13 +29,13 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from velocity.agent.egress_bridge import DEFAULT_LISTEN
-from velocity.agent.identity import USER_VARIABLE, UserCode
+from velocity.agent.identity import UserCode
+from velocity.domain.agent_contract import USER_VARIABLE, as_agent
 from velocity.domain.errors import ConfigError
 
 FIREWALL = Path("/etc/velocity/firewall.nft")
 AGENT_UID = 10002  # the firewall's AGENT_UID: the one uid it lets out
 DEFAULT_USER = "10001:10001"  # the image's ``preview`` user
-AGENT_CAPABILITIES = ("setuid", "setgid", "kill")
 
 
 class PolicyError(Exception):
@@ -105,22 +105,8 @@ def agent_environment(env: MutableMapping[str, str], user: UserCode, failure: st
 def agent_command(user: UserCode) -> list[str]:
     """The agent as its own uid, in the project's group, holding only what starts and stops the
     project's processes."""
-    if os.geteuid() != 0:
-        return [sys.executable, "-m", "velocity.agent"]
-    keep = ",".join(f"+{cap}" for cap in AGENT_CAPABILITIES)
-    return [
-        "setpriv",
-        f"--reuid={AGENT_UID}",
-        f"--regid={user.gid}",
-        "--clear-groups",
-        f"--inh-caps=-all,{keep}",
-        f"--ambient-caps=-all,{keep}",
-        f"--bounding-set=-all,{keep}",
-        "--",
-        sys.executable,
-        "-m",
-        "velocity.agent",
-    ]
+    agent = [sys.executable, "-m", "velocity.agent"]
+    return agent if os.geteuid() != 0 else as_agent(AGENT_UID, user.gid, agent)
 
 
 def main() -> NoReturn:

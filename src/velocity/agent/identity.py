@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from velocity.domain.agent_contract import USER_VARIABLE
 from velocity.domain.errors import ConfigError
 
-USER_VARIABLE = "AGENT_USER"
 SHARED_UMASK = 0o002
 
 

@@ -44,6 +44,10 @@ ETC_ENTRIES = (
     "mime.types",
 )
 
+# What the sandbox's first process keeps when the host starts bubblewrap as root: enough to become the
+# agent's uid (``agent_contract.as_agent``), whose exec leaves it CAP_SETUID, CAP_SETGID and CAP_KILL.
+ROOT_KEEPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL")
+
 SHIM = """
 exit_file=$1; cgroup_procs=$2; shift 2
 for f in $cgroup_procs; do echo $$ > "$f" || exit 97; done
@@ -78,31 +82,47 @@ def runtime_paths() -> list[Path]:
 
 
 def readable_by_others(path: Path) -> bool:
-    """Whether an unprivileged user can reach ``path`` (every ancestor searchable by others)."""
-    for part in [path, *path.parents]:
-        try:
-            mode = part.stat().st_mode
-        except OSError:
-            return False
-        if not mode & stat.S_IXOTH:
-            return False
-    return True
+    """Whether an unprivileged user can read and enter ``path`` itself. Its parents need not be open:
+    in a sandbox they are directories of bubblewrap's making (``bwrap_args``)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return mode & (stat.S_IROTH | stat.S_IXOTH) == stat.S_IROTH | stat.S_IXOTH
 
 
 def bwrap_args(
-    paths: SandboxPaths, *, hostname: str, runtime: Iterable[Path], egress: Path | None = None
+    paths: SandboxPaths,
+    *,
+    hostname: str,
+    runtime: Iterable[Path],
+    egress: Path | None = None,
+    as_root: bool = False,
 ) -> list[str]:
     """With ``egress`` (the directory of the sandbox's egress proxy socket) the sandbox gets a network
     namespace of its own, loopback only; without, it shares the host's network. The agent is reached
-    through a unix socket either way, one the sandbox cannot see."""
+    through a unix socket either way, one the sandbox cannot see.
+
+    ``as_root``: bubblewrap runs as the host's root, so the sandbox has no user namespace (the host's
+    uids, not one mapped uid) and its first process keeps ``ROOT_KEEPS``, to start the agent and the
+    project's code as two unprivileged uids. Otherwise a user namespace maps the caller's uid alone,
+    and every process of the sandbox is that uid with no capabilities."""
+    if as_root:
+        unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        unshare += ["--unshare-net"] if egress is not None else []
+        keeps = [arg for cap in ROOT_KEEPS for arg in ("--cap-add", cap)]
+    else:
+        unshare = ["--unshare-all", *(() if egress is not None else ("--share-net",))]
+        keeps = []
+    runtime = list(runtime)
     args = [
         "bwrap",
-        "--unshare-all",
-        *(() if egress is not None else ("--share-net",)),
+        *unshare,
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
         "ALL",
+        *keeps,
         "--hostname",
         hostname,
         "--ro-bind",
@@ -115,11 +135,14 @@ def bwrap_args(
             args += ["--symlink", os.readlink(host), str(host)]
         elif host.is_dir():
             args += ["--ro-bind", str(host), str(host)]
-    for entry in ETC_ENTRIES:
-        if (Path("/etc") / entry).exists():
-            args += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
-    for path in runtime:
+    etc = [Path("/etc") / entry for entry in ETC_ENTRIES if (Path("/etc") / entry).exists()]
+    targets = [*etc, *runtime, Path(NPM_CACHE), *([Path(EGRESS_DIR)] if egress is not None else [])]
+    # The parents of what is bound, made open here (bubblewrap would make them 0700): /etc/ssl,
+    # /cache, and a runtime below a private home directory are reachable by every uid.
+    for directory in sorted({d for path in targets for d in path.parents if d != d.parent}):
+        args += ["--perms", "0755", "--dir", str(directory)]
+    for path in [*etc, *runtime]:
         args += ["--ro-bind", str(path), str(path)]
     args += [
         "--bind",

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
-from velocity.domain.agent_contract import SEAL_FD_VARIABLE, SECRET_VARIABLES, SECRETS_FD_VARIABLE
+from velocity.domain.agent_contract import (
+    SEAL_FD_VARIABLE,
+    SECRET_VARIABLES,
+    SECRETS_FD_VARIABLE,
+    USER_VARIABLE,
+    as_agent,
+)
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups, disks, seccomp
 from velocity.providers.local.bwrap import (
@@ -71,7 +77,9 @@ class SandboxOptions:
     npm_cache: Path
     # Each user's npm cache is a disk of this size (where disks are size-limited, see ``disks``).
     npm_cache_mb: int = 2048
+    # Started by root: the uid of the project's code (installs, dev server), and the agent's.
     sandbox_uid: int = 65534
+    agent_uid: int = 65533
     pids_max: int = 512
     allow_unisolated: bool = False
     python: str = sys.executable
@@ -83,6 +91,12 @@ class SandboxOptions:
     network: NetworkOptions | None = None
     # Or a network of someone else's making, one per sandbox (then ``network`` must be None).
     attachment: NetworkAttachment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Uids:
+    agent: int
+    user: int  # and the group the two share
 
 
 class LocalSandboxProvider:
@@ -110,17 +124,18 @@ class LocalSandboxProvider:
             self._network = SandboxNetwork(options.network)
         elif self._bwrap is not None:
             log.warning("sandboxes share this host's network: no egress proxy was configured")
-        # Dropping to an unprivileged uid needs the Python runtime reachable by that uid.
-        self._drop_to: int | None = None
-        if os.geteuid() == 0:
+        # Started by root, a sandbox runs the agent and the project's code as two unprivileged uids;
+        # that needs the Python runtime readable by them (its parents are the sandbox's own).
+        self._uids: _Uids | None = None
+        if os.geteuid() == 0 and self._bwrap is not None:
             if all(readable_by_others(p) for p in self._runtime):
-                self._drop_to = options.sandbox_uid
+                self._uids = _Uids(agent=options.agent_uid, user=options.sandbox_uid)
             else:
                 log.warning(
-                    "the Python runtime (%s) is not readable by uid %d; sandboxes run as uid 0 with no "
-                    "capabilities. Install Python outside a private home directory to run them unprivileged",
+                    "the Python runtime (%s) is not readable by other users; sandboxes run as uid 0 "
+                    "with no capabilities, the agent and the project's code as one. Make it "
+                    "world-readable (chmod o+rx) to run them as two unprivileged uids",
                     ", ".join(map(str, self._runtime)),
-                    options.sandbox_uid,
                 )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._machines: dict[str, Machine] = {}
@@ -333,14 +348,19 @@ class LocalSandboxProvider:
             inner = agent
         else:
             egress = home / "egress" if self._network is not None else None
-            args = bwrap_args(paths, hostname=machine_id, runtime=self._runtime, egress=egress)
+            args = bwrap_args(
+                paths,
+                hostname=machine_id,
+                runtime=self._runtime,
+                egress=egress,
+                as_root=self._uids is not None,
+            )
             args += ["--seccomp", str(arguments.hold_bytes(self._seccomp))]
+            if self._uids is not None:
+                agent = as_agent(self._uids.agent, self._uids.user, agent)
             # bubblewrap reads its options from a descriptor (and closes it), so the sandbox's
             # /proc/1/cmdline shows no host path.
             inner = [self._bwrap, "--args", str(arguments.hold(args[1:])), "--", *agent]
-            if self._drop_to is not None:
-                uid = str(self._drop_to)
-                inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *inner]
         return ["sh", "-c", SHIM, "velocity-shim", str(home / "exit_status"), procs, *inner]
 
     # --- disks -----------------------------------------------------------------------------------
@@ -351,6 +371,7 @@ class LocalSandboxProvider:
         workspace = home / "workspace"
         if self._disk_limit_reason is not None:
             self._own(workspace)
+            self._share(workspace)
             return False
         image = home / "workspace.img"
         if spec.cache_key and self._modules.claim(spec.cache_key, image, home / SEAL_FILE):
@@ -360,7 +381,8 @@ class LocalSandboxProvider:
             except disks.DiskError as exc:
                 log.warning("a kept disk would not mount, so this machine installs afresh: %s", exc)
                 image.unlink(missing_ok=True)
-        disks.make(image, workspace, spec.disk_mb, owner=self._drop_to)
+        disks.make(image, workspace, spec.disk_mb, owner=self._owner)
+        self._share(workspace)
         return False
 
     def _put_away(self, machine_id: str, cache_key: str | None) -> None:
@@ -421,7 +443,7 @@ class LocalSandboxProvider:
             except disks.DiskError as exc:
                 log.warning("a user's npm cache would not mount, so it starts afresh: %s", exc)
                 image.unlink(missing_ok=True)
-        disks.make(image, cache, self._options.npm_cache_mb, owner=self._drop_to)
+        disks.make(image, cache, self._options.npm_cache_mb, owner=self._owner)
 
     async def _release_npm_cache(self, metadata: Mapping[str, str], machine_id: str) -> None:
         """Unmount the user's npm cache once no other sandbox of theirs runs; a nearly full one is
@@ -475,6 +497,8 @@ class LocalSandboxProvider:
         env.update(spec.env)
         if self._network is not None:
             env.update(self._network.env(spec.env))
+        if self._uids is not None:
+            env[USER_VARIABLE] = f"{self._uids.user}:{self._uids.user}"
         if unisolated:
             # Without a mount namespace the agent uses the host paths directly.
             env["WORKSPACE"] = str(home / "workspace")
@@ -495,10 +519,21 @@ class LocalSandboxProvider:
         version = self._record(machine_id).get("cgroup_version")
         return cgroups.attach(machine_id, version=version) if version else None
 
+    @property
+    def _owner(self) -> int | None:
+        """Who owns what a sandbox writes on the host: the project's uid (None: the caller's)."""
+        return self._uids.user if self._uids is not None else None
+
     def _own(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        if self._drop_to is not None:
-            os.chown(directory, self._drop_to, self._drop_to)
+        if self._owner is not None:
+            os.chown(directory, self._owner, self._owner)
+
+    def _share(self, workspace: Path) -> None:
+        """The workspace is the project's and, through its group, the agent's (which writes the
+        project's files there with umask 002)."""
+        if self._uids is not None:
+            workspace.chmod(0o2775)
 
     # --- process exits ---------------------------------------------------------------------------
     def _watch_exit(self, machine_id: str, pid: int) -> None:
