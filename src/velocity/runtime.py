@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -19,9 +22,9 @@ from velocity.api.limits import BodyLimit
 from velocity.auth import AGENT_ROLE, JwksCache, SigningKey, TokenIssuer, TokenVerifier, load_or_create_secret
 from velocity.auth.jwks import Fetch
 from velocity.clock import Clock, SystemClock
-from velocity.domain import ConfigError, Preview, Unavailable
+from velocity.domain import ConfigError, DatabaseUnavailable, Preview, Unavailable
 from velocity.egress import CALLER_HEADER
-from velocity.loops import run_maintenance, supervise
+from velocity.loops import LoopMonitor, Replica, run_maintenance, supervise
 from velocity.projects import ProjectFiles
 from velocity.providers.base import MachineProvider
 from velocity.realtime import RealtimeHub
@@ -124,6 +127,8 @@ class Runtime:
     verifier: TokenVerifier
     signing_key: SigningKey | None
     access: PreviewAccess
+    monitor: LoopMonitor
+    replica: Replica
     _loops: asyncio.Task[None] | None = field(default=None, repr=False)
     _router: PreviewRouter | None = field(default=None, repr=False)
     hub: RealtimeHub | None = field(default=None, repr=False)  # hosted when SUPABASE_URL is ours
@@ -162,6 +167,8 @@ class Runtime:
         )
         agents = agents or AgentClient()
         files = ProjectFiles(settings.data_dir / "projects")
+        monitor = LoopMonitor(clock, instance_id(settings))
+        replica = Replica(store, clock, monitor, interval=settings.cleanup_interval_seconds)
         previews = PreviewService(
             store=store,
             provider=provider,
@@ -170,6 +177,7 @@ class Runtime:
             settings=settings,
             clock=clock,
             files=files,
+            instance=monitor.instance,
         )
         projects = ProjectService(
             store=store,
@@ -190,6 +198,8 @@ class Runtime:
             verifier,
             signing_key,
             access,
+            monitor,
+            replica,
         )
 
     def asgi(self) -> ASGIApp:
@@ -203,6 +213,7 @@ class Runtime:
             jwks=self.signing_key.jwks() if self.signing_key else None,
             settings=self.settings,
             provider_name=self.provider.name,
+            monitor=self.monitor,
             preview_events=self.preview_events,
         )
         limited = BodyLimit(
@@ -254,23 +265,45 @@ class Runtime:
         if self.hub is not None:
             await self.hub.close()
 
-    def start_loops(self) -> None:
+    async def start_loops(self) -> asyncio.Task[None]:
+        """The replica's heartbeat and the maintenance loops, under one supervisor: the task ends only
+        when a loop dies of a bug, with that loop's error (``Running.wait`` then stops the server)."""
+        await self.replica.beat()  # so that a first replica leads, and passes, at once
         interval = self.settings.cleanup_interval_seconds
         self._loops = asyncio.create_task(
-            supervise({"maintenance": run_maintenance(self.previews, self.clock, interval=interval)})
+            supervise(
+                {
+                    "replica": self.replica.run(),
+                    "maintenance": run_maintenance(
+                        self.previews, self.clock, self.replica, self.monitor, interval=interval
+                    ),
+                }
+            ),
+            name="loops",
         )
+        return self._loops
 
     async def close(self, *, stop_previews: bool) -> None:
         await self.close_streams()
         if self._loops is not None:
             self._loops.cancel()
-            with suppress(asyncio.CancelledError):
+            with suppress(asyncio.CancelledError, Exception):  # a loop's failure is Running.wait's
                 await self._loops
         if stop_previews:
             await self.previews.stop_all("the orchestrator is shutting down")
+        with suppress(DatabaseUnavailable):
+            await self.replica.leave()  # the others take over its previews at once
         await self.previews.close()
         if self._router is not None:
             await self._router.aclose()
         await self.agents.aclose()
         await self.provider.aclose()
         await self.store.dispose()
+
+
+def instance_id(settings: Settings) -> str:
+    """This replica's name among those on the database: the Fly machine's id on Fly (a restarted
+    machine picks up its own previews' work), elsewhere the host and process."""
+    if settings.fly_machine_id:
+        return settings.fly_machine_id
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"

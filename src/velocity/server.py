@@ -203,10 +203,26 @@ class Running:
     runtime: Runtime
     server: uvicorn.Server
     serving: asyncio.Task[None]
+    loops: asyncio.Task[None]
 
     @property
     def settings(self) -> Settings:
         return self.runtime.settings
+
+    async def wait(self) -> None:
+        """Until the server stops (a signal); if a loop dies first, the server stops too and the
+        loop's error is raised, so that the process ends rather than serve with no reaper."""
+        await asyncio.wait({self.serving, self.loops}, return_when=asyncio.FIRST_COMPLETED)
+        if self.loops.done() and not self.serving.done():
+            self.server.should_exit = True
+            await self.serving
+            error = self.loops.exception() or RuntimeError("the loops ended")
+            raise LoopFailed(f"a background loop failed, so the orchestrator stops: {error!r}") from error
+        await self.serving
+
+
+class LoopFailed(RuntimeError):
+    """A loop died of something other than the provider's or the database's failures (a bug)."""
 
 
 def bind(settings: Settings) -> tuple[socket.socket, Settings]:
@@ -246,9 +262,9 @@ async def running(
     server = _Server(config)
     server.handle_signals = handle_signals
     serving = asyncio.create_task(server.serve(sockets=[sock]))
-    runtime.start_loops()
+    loops = await runtime.start_loops()
     try:
-        yield Running(runtime, server, serving)
+        yield Running(runtime, server, serving, loops)
     finally:
         await runtime.close_streams()
         server.should_exit = True

@@ -37,9 +37,11 @@ async def import_project(o: Orchestrator, project_id: str = "my-app", user: str 
 
 
 async def test_health_and_openapi_are_served(orchestrator: Orchestrator) -> None:
-    """/healthz says ok and names the provider; /openapi.json documents the preview routes."""
-    health = await orchestrator.client.get("/healthz")
-    assert health.json() == {"status": "ok", "version": "0.1.0", "provider": "fake"}
+    """/healthz says ok and names the provider and this replica; /openapi.json documents the preview
+    routes."""
+    health = (await orchestrator.client.get("/healthz")).json()
+    assert (health["status"], health["version"], health["provider"]) == ("ok", "0.1.0", "fake")
+    assert health["instance"] == orchestrator.runtime.monitor.instance
     spec = (await orchestrator.client.get("/openapi.json")).json()
     assert {"/v1/previews", "/v1/previews/{preview_id}", "/v1/previews/{preview_id}/keepalive"} <= set(
         spec["paths"]

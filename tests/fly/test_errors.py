@@ -14,6 +14,11 @@ from velocity.domain import (
     Forbidden,
     NotFound,
     PreviewError,
+    ProviderConflict,
+    ProviderDenied,
+    ProviderError,
+    ProviderNotFound,
+    ProviderRejected,
     RateLimited,
     Unauthorized,
     Unavailable,
@@ -34,27 +39,27 @@ def answer(status: int, body: object = None, **headers: str) -> httpx.Response:
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (400, {"error": "invalid config"}, BadRequest),
-        (401, {"error": "You must be authenticated"}, Unauthorized),
-        (403, {"error": "not allowed"}, Forbidden),
-        (404, {"error": "machine not found"}, NotFound),
+        (400, {"error": "invalid config"}, ProviderRejected),
+        (401, {"error": "You must be authenticated"}, ProviderDenied),
+        (403, {"error": "not allowed"}, ProviderDenied),
+        (404, {"error": "machine not found"}, ProviderNotFound),
         (408, {"error": "deadline_exceeded"}, MaybeApplied),
-        (409, {"error": "lease currently held by someone"}, Conflict),
+        (409, {"error": "lease currently held by someone"}, ProviderConflict),
         (
             409,
             {"error": "could not reserve resource: insufficient memory available to fulfill request"},
             CapacityError,
         ),
-        (412, {"error": "failed_precondition"}, Conflict),
-        (422, {"error": "Name has already been taken", "status": "name_taken"}, Conflict),
+        (412, {"error": "failed_precondition"}, ProviderConflict),
+        (422, {"error": "Name has already been taken", "status": "name_taken"}, ProviderConflict),
         (422, {"error": "no room", "status": "insufficient_capacity"}, CapacityError),
         (503, {"error": "out of capacity", "status": "insufficient_capacity"}, CapacityError),
-        (422, {"error": "bad"}, BadRequest),
+        (422, {"error": "bad"}, ProviderRejected),
         (429, {"error": "rate limit exceeded"}, RateLimited),
         (500, "<html>oops</html>", MaybeApplied),
         (502, None, MaybeApplied),
         (503, {"error": "unavailable"}, MaybeApplied),
-        (418, {"error": "teapot"}, BadRequest),
+        (418, {"error": "teapot"}, ProviderRejected),
     ],
 )
 def test_each_status_and_fly_error_body_maps_to_its_error_class(
@@ -67,6 +72,17 @@ def test_each_status_and_fly_error_body_maps_to_its_error_class(
     assert f"answered {status}" in error.message
     transient = isinstance(error, Unavailable | RateLimited)
     assert (error.retry_after is not None) == transient
+    # Fly's answer is the provider's problem: never the caller's 400, 401, 403, 404, 409 or 422.
+    assert isinstance(error, ProviderError)
+    assert error.status_code in (502, 503)
+    assert not isinstance(error, BadRequest | Unauthorized | Forbidden)
+
+
+def test_a_machine_fly_no_longer_has_is_still_a_not_found_to_the_code_that_asks() -> None:
+    """Code that treats a gone machine as an answer catches ``NotFound`` and ``Conflict`` as before."""
+    assert isinstance(error_from_response(answer(404, {"error": "not found"}), action="get"), NotFound)
+    held = error_from_response(answer(409, {"error": "lease currently held"}), action="lease")
+    assert isinstance(held, Conflict)
 
 
 def test_errors_keep_the_fly_request_id_and_truncate_bodies() -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.fly.support import InstantClock
-from velocity.domain import BadRequest, NotFound, RateLimited, Unavailable
+from velocity.domain import BadRequest, NotFound, ProviderRejected, RateLimited, Unavailable
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, MaybeApplied
 from velocity.fly.client import retry_delay
@@ -61,7 +61,7 @@ async def test_a_get_is_retried_through_429_and_503(mock_client: Callable[[Handl
 async def test_a_permanent_error_is_not_retried(mock_client: Callable[[Handler], FlyClient]) -> None:
     """A 400 fails at once."""
     script = Script(httpx.Response(400, json={"error": "invalid"}))
-    with pytest.raises(BadRequest):
+    with pytest.raises(ProviderRejected):
         await mock_client(script).stop_machine("m")
     assert len(script.requests) == 1
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
-from velocity.domain import NotFound, Preview, PreviewState, Project, QuotaExceeded
+from tests.store.conftest import POSTGRES, postgres_store
+from velocity.domain import (
+    DatabaseUnavailable,
+    NotFound,
+    Preview,
+    PreviewState,
+    Project,
+    QuotaExceeded,
+)
 from velocity.store import Store
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -109,3 +118,47 @@ async def test_projects_are_saved_replaced_and_listed_by_owner(store: Store) -> 
     assert await store.list_projects(owner_id="bob") == []
     with pytest.raises(NotFound):
         await store.get_project("nope")
+
+
+async def test_connections_the_server_drops_mid_traffic_lose_nothing() -> None:
+    """An administrator terminates every connection of the orchestrator's (``pg_terminate_backend``)
+    three times while 200 creates and reads run: each runs again on a new connection, none fails,
+    each is stored, and afterwards everything works without a restart."""
+    async with postgres_store() as (store, database):
+
+        async def create(n: int) -> str:
+            made = await store.create_preview(preview(n, user=f"u{n % 20}"), limit=100)
+            await store.list_previews(user_id=f"u{n % 20}")
+            return made.preview.id
+
+        admin = await asyncpg.connect(POSTGRES)
+        try:
+            traffic = asyncio.gather(*(create(n) for n in range(200)))
+            dropped = 0
+            for _ in range(3):
+                await asyncio.sleep(0.05)  # let traffic reach the database between terminations
+                dropped += await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+            answers = await traffic
+        finally:
+            await admin.close()
+        assert dropped >= 3, "connections were dropped mid-traffic"
+        assert set(answers) == {p.id for p in await store.list_previews()}
+        assert len(answers) == 200
+        again = [await create(n) for n in range(200, 210)]
+        assert set(again) <= {p.id for p in await store.list_previews()}
+
+
+async def test_a_database_that_cannot_be_reached_is_unavailable_not_an_internal_error() -> None:
+    """No server at the address: each operation raises ``DatabaseUnavailable`` (503, retry after)."""
+    store = Store.from_url("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="the database is unavailable") as raised:
+            await store.find_preview("p1")
+        assert raised.value.status_code == 503
+        assert raised.value.retry_after is not None
+    finally:
+        await store.dispose()

@@ -13,6 +13,7 @@ from velocity.api.schemas import (
     Health,
     LogLine,
     Logs,
+    LoopOut,
     MachineList,
     MachineOut,
     MaintenanceOut,
@@ -23,6 +24,7 @@ from velocity.api.schemas import (
 )
 from velocity.auth import Caller, TokenVerifier
 from velocity.domain import Forbidden, Preview, Unauthorized
+from velocity.loops import LoopMonitor
 from velocity.service import PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
 from velocity.service.events import PreviewEvents
@@ -58,6 +60,7 @@ def create_api(
     settings: Settings,
     jwks: dict[str, Any] | None = None,
     provider_name: str,
+    monitor: LoopMonitor,
     preview_events: PreviewEvents | None = None,
 ) -> FastAPI:
     app = FastAPI(
@@ -115,7 +118,25 @@ def create_api(
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
-        return Health(status="ok", version=velocity.__version__, provider=provider_name)
+        """Serving; with the loops' last passes. A failing loop (the provider or the database) makes
+        it ``degraded``, still 200: restarting would not mend either."""
+        loops = {
+            name: LoopOut(
+                state=loop.state,
+                last_success_at=loop.last_success_at,
+                last_error=loop.last_error,
+                failures=loop.failures,
+            )
+            for name, loop in monitor.loops.items()
+        }
+        return Health(
+            status="ok" if monitor.healthy() else "degraded",
+            version=velocity.__version__,
+            provider=provider_name,
+            instance=monitor.instance,
+            leader=monitor.leader,
+            loops=loops,
+        )
 
     @app.post("/v1/previews", response_model=PreviewOut, status_code=201, tags=["previews"])
     async def create_preview(body: CreatePreview, who: User, response: Response) -> PreviewOut:

@@ -137,7 +137,17 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+class LoopOut(BaseModel):
+    state: str = Field(description="starting, ok, failing, or standby (another replica leads)")
+    last_success_at: datetime | None
+    last_error: str | None
+    failures: int = Field(description="passes failed in a row")
+
+
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok; degraded while a loop is failing (the provider or the database)")
     version: str
     provider: str
+    instance: str = Field(description="this replica's id among the orchestrators on the database")
+    leader: bool = Field(description="whether this replica runs the maintenance loops")
+    loops: dict[str, LoopOut]

@@ -20,7 +20,7 @@ from velocity.cli.progress import follow
 from velocity.cli.push import push_command
 from velocity.domain import ConfigError, PreviewError, PreviewState, ProviderError
 from velocity.projects import pack_directory
-from velocity.server import running
+from velocity.server import LoopFailed, running
 from velocity.settings import Settings, load_settings
 
 app = typer.Typer(help="Velocity Previews: live previews of user code.", no_args_is_help=True)
@@ -53,6 +53,10 @@ def _until_done(work: Coroutine[Any, Any, None]) -> None:
     except (ConfigError, ProviderError) as exc:
         typer.secho(f"velocity: {exc.message}", fg="red", err=True)
         raise typer.Exit(2) from None
+    except LoopFailed as exc:
+        # A bug: its traceback, then a status that makes a supervisor (Fly, systemd) start it again.
+        logging.getLogger("velocity").error("%s", exc, exc_info=exc.__cause__)
+        raise typer.Exit(1) from None
 
 
 def _logging() -> None:
@@ -108,7 +112,7 @@ async def _up(settings: Settings, project: Path, project_id: str) -> None:
             console.print(f"[bold]open[/]         {runtime.access.link(preview)}", soft_wrap=True)
             console.print(f"(the link signs this browser in to the private preview; valid {seconds} s)")
         console.print("Ctrl-C stops everything.")
-        await orchestrator.serving
+        await orchestrator.wait()
         console.print("stopping previews...")
 
 
@@ -125,7 +129,7 @@ def serve(
     async def main() -> None:
         async with running(settings, stop_previews=not keep_previews, handle_signals=True) as orchestrator:
             console.print(f"serving on {orchestrator.settings.orchestrator_url}")
-            await orchestrator.serving
+            await orchestrator.wait()
 
     _until_done(main())
 

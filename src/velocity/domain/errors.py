@@ -11,13 +11,20 @@
     │   └── TooManyRequests  a per-user rate is exceeded; retry after ``retry_after`` (429)
     ├── ConfigError          a setting is missing or wrong; stops the start
     ├── AgentError           the in-machine agent answered badly or not at all
-    └── ProviderError        a machine backend failed
+    ├── DatabaseUnavailable  transient: the database cannot be reached or is busy (503)
+    └── ProviderError        a machine backend failed (502, with the backend's own message)
+        ├── ProviderRejected    the backend refused the orchestrator's request as invalid
+        ├── ProviderDenied      the backend refused the orchestrator's credentials (FLY_API_TOKEN)
+        ├── ProviderNotFound    the backend has no such machine or app (also a NotFound)
+        ├── ProviderConflict    a lease or name of the backend's is in the way (also a Conflict)
         ├── RateLimited      transient: retry after ``delay`` seconds
         ├── Unavailable      transient: backend down or timed out
         ├── CapacityError    no room in a region; try another region
         └── SandboxUnavailable  the local sandbox cannot be made on this host
 
-Whether to retry is part of the type: ``retry_after`` is ``None`` for permanent errors.
+Whether to retry is part of the type: ``retry_after`` is ``None`` for permanent errors. What a
+backend answers the orchestrator is never shown as the caller's own fault: a Fly 401 is a
+``ProviderDenied`` (502, the operator's token), not the caller's ``Unauthorized``.
 """
 
 from __future__ import annotations
@@ -94,6 +101,35 @@ class AgentError(PreviewError):
 class ProviderError(PreviewError):
     status_code = 502
     code = "provider_error"
+
+
+class ProviderRejected(ProviderError):
+    code = "provider_rejected"
+
+
+class ProviderDenied(ProviderError):
+    code = "provider_denied"
+
+
+class ProviderNotFound(ProviderError, NotFound):
+    """Caught as ``NotFound`` where a machine that is gone is an answer; a 502 where it reaches a caller."""
+
+    status_code = 502
+    code = "provider_not_found"
+
+
+class ProviderConflict(ProviderError, Conflict):
+    status_code = 502
+    code = "provider_conflict"
+
+
+class DatabaseUnavailable(PreviewError):
+    status_code = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = delay
 
 
 class RateLimited(ProviderError):

@@ -86,6 +86,8 @@ class Preview:
     ready_at: datetime | None = None
     failure_reason: str | None = None
     failure_logs: tuple[str, ...] = field(default_factory=tuple)
+    # The orchestrator replica whose tasks launch and watch it (its instance id).
+    owner: str | None = None
 
     @property
     def is_live(self) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from velocity.deploy import MachineTemplate, disagreements
-from velocity.domain import Forbidden, NotFound, PreviewError, Unauthorized
+from velocity.domain import NotFound, PreviewError, ProviderDenied
 from velocity.fly.client import FlyClient
 from velocity.fly.image import parse_image
 from velocity.settings import ProviderKind, Settings
@@ -99,7 +99,7 @@ async def check_fly(settings: Settings, client: FlyClient) -> list[Check]:
         info = await client.current_token()
         orgs = sorted({t.get("org_slug", "?") for t in info.get("tokens", [])})
         checks.append(Check("token", True, f"valid (organizations: {', '.join(orgs) or 'unknown'})"))
-    except Unauthorized as exc:
+    except ProviderDenied as exc:
         return [Check("token", False, exc.message, TOKEN_FIX.format(app=app))]
     except NotFound:
         checks.append(
@@ -115,14 +115,14 @@ async def check_fly(settings: Settings, client: FlyClient) -> list[Check]:
     except NotFound:
         fix = f"create it: `fly apps create {app}` (or set FLY_APP_NAME to the app the machines live in)"
         return [*checks, Check("app", False, f"{app} does not exist or the token cannot see it", fix)]
-    except (Unauthorized, Forbidden) as exc:
+    except ProviderDenied as exc:
         return [*checks, Check("app", False, exc.message, TOKEN_FIX.format(app=app))]
     except PreviewError as exc:
         return [*checks, Check("app", False, exc.message)]
     try:
         machines = await client.list_machines(summary=True)
         checks.append(Check("machines", True, f"the token can list the app's machines ({len(machines)})"))
-    except (Unauthorized, Forbidden) as exc:
+    except ProviderDenied as exc:
         checks.append(Check("machines", False, exc.message, TOKEN_FIX.format(app=app)))
     except PreviewError as exc:
         checks.append(Check("machines", False, exc.message))

@@ -1,13 +1,16 @@
 """Fly's answers and httpx's failures, turned into the project's error tree in one place.
 
     status                               error
-    400                                  BadRequest
-    401                                  Unauthorized (the token is missing, expired or not for this API)
-    403                                  Forbidden (the token may not act on this app)
-    404                                  NotFound
+    400                                  ProviderRejected
+    401                                  ProviderDenied (the token is missing, expired or not for this API)
+    403                                  ProviderDenied (the token may not act on this app)
+    404                                  ProviderNotFound
     408, 5xx                             MaybeApplied (transient; Fly may have acted before failing)
-    409, 412                             Conflict (a lease, a version), CapacityError for a full host
-    422 name_taken / other               Conflict / BadRequest
+    409, 412                             ProviderConflict (a lease, a version), CapacityError for a full host
+    422 name_taken / other               ProviderConflict / ProviderRejected
+
+Each is the provider's problem, never the caller's: the API shows them as 502 or 503 with Fly's
+message, so a bad ``FLY_API_TOKEN`` never reads as the caller's 401.
     429                                  RateLimited(delay=Retry-After or 1 s)
     body status insufficient_capacity    CapacityError, whatever the status code
     transport: connect failed            Unavailable (nothing was sent)
@@ -26,15 +29,14 @@ from datetime import UTC, datetime
 import httpx
 
 from velocity.domain import (
-    BadRequest,
     CapacityError,
-    Conflict,
-    Forbidden,
-    NotFound,
     PreviewError,
+    ProviderConflict,
+    ProviderDenied,
     ProviderError,
+    ProviderNotFound,
+    ProviderRejected,
     RateLimited,
-    Unauthorized,
     Unavailable,
 )
 
@@ -74,22 +76,20 @@ def error_from_response(response: httpx.Response, *, action: str) -> PreviewErro
     ):
         return CapacityError(f"{detail}; try another region (FLY_REGIONS)", request_id=request_id)
     if status == 400:
-        return BadRequest(detail, request_id=request_id)
-    if status == 401:
-        return Unauthorized(f"{detail}; {TOKEN_HINT}", request_id=request_id)
-    if status == 403:
-        return Forbidden(f"{detail}; {TOKEN_HINT}", request_id=request_id)
+        return ProviderRejected(detail, request_id=request_id)
+    if status in (401, 403):
+        return ProviderDenied(f"{detail}; {TOKEN_HINT}", request_id=request_id)
     if status == 404:
-        return NotFound(detail, request_id=request_id)
+        return ProviderNotFound(detail, request_id=request_id)
     if status == 429:
         delay = retry_after_seconds(response) or 1.0
         return RateLimited(f"{detail}; Fly asks to wait {delay:g}s", delay=delay, request_id=request_id)
     if status == 408 or status >= 500:
         return MaybeApplied(detail, delay=retry_after_seconds(response) or 0.0, request_id=request_id)
     if status in (409, 412) or fly_status == "name_taken":
-        return Conflict(detail, request_id=request_id)
+        return ProviderConflict(detail, request_id=request_id)
     if 400 <= status < 500:
-        return BadRequest(detail, request_id=request_id)
+        return ProviderRejected(detail, request_id=request_id)
     return ProviderError(detail, request_id=request_id)
 
 

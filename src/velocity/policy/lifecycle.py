@@ -15,6 +15,9 @@ class Limits:
     idle: timedelta  # PREVIEW_IDLE_TIMEOUT_MINUTES
     readiness: timedelta  # CONTAINER_TIMEOUT_SECONDS
     max_per_user: int  # MAX_CONTAINERS_PER_USER
+    # A replica not heard from for this long has stopped (CONTAINER_CLEANUP_INTERVAL_MINUTES: it beats
+    # three times an interval), and its previews' work passes to the leader.
+    replica_timeout: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)

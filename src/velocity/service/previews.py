@@ -60,6 +60,8 @@ ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 12
 # The router does not write every request to the database: activity is flushed at most this often.
 ACTIVITY_FLUSH = timedelta(seconds=5)
+# How often a wait re-reads a preview another replica owns (its changes reach this process only so).
+OTHER_REPLICA_POLL_SECONDS = 0.5
 # How long one long-poll to an agent may last; the readiness deadline is checked between polls.
 AGENT_POLL_SECONDS = 20.0
 # How long to wait between attempts while an agent is not answering yet: from the first, doubling
@@ -108,6 +110,7 @@ class PreviewService:
             idle=timedelta(seconds=settings.idle_timeout_seconds),
             readiness=timedelta(seconds=settings.container_timeout_seconds),
             max_per_user=settings.max_containers_per_user,
+            replica_timeout=timedelta(seconds=settings.cleanup_interval_seconds),
         )
         self._create_rate = TokenBuckets(
             settings.preview_create_rate_per_minute, settings.preview_create_burst
@@ -152,6 +155,7 @@ class PreviewService:
             updated_at=now,
             last_activity_at=now,
             expires_at=now + self.limits.lifetime,
+            owner=self._instance,
         )
         outcome = await self._store.create_preview(preview, limit=self.limits.max_per_user)
         if outcome.created:
@@ -246,7 +250,12 @@ class PreviewService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     while not condition(preview):
-                        await changed.wait()
+                        if preview.owner in (None, self._instance):
+                            await changed.wait()
+                        else:
+                            # Another replica's writes wake nobody here: read the row again soon.
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(changed.wait(), OTHER_REPLICA_POLL_SECONDS)
                         changed.clear()
                         preview = await self._store.get_preview(preview_id)
             return preview
@@ -568,7 +577,13 @@ class PreviewService:
             await self._destroy(machine.id)
             done.append(f"destroyed orphan machine {machine.id}")
         by_preview = {m.metadata.get(META_PREVIEW_ID): m for m in machines}
+        # Another replica that still beats launches and watches its own previews; those of replicas
+        # gone quiet (and of none) are this one's to finish.
+        others = await self._store.live_instances(since=self._clock.now() - self.limits.replica_timeout)
+        others.discard(self._instance)
         for preview in live:
+            if preview.owner in others:
+                continue
             if self._tasks.running(f"launch:{preview.id}") or preview.state == PreviewState.STOPPING:
                 continue
             found = by_preview.get(preview.id)
@@ -584,6 +599,7 @@ class PreviewService:
                     expect={PreviewState.PROVISIONING, PreviewState.BOOTING},
                     state=PreviewState.BOOTING,
                     machine_id=machine.id,
+                    owner=self._instance,
                     updated_at=self._clock.now(),
                     detail=f"machine {machine.id} adopted",
                 )
@@ -591,13 +607,17 @@ class PreviewService:
                     self._tasks.start(f"launch:{preview.id}", self._await_ready(adopted, machine))
                     done.append(f"adopted {preview.id} (booting)")
             elif not self._tasks.running(f"watch:{preview.id}"):
+                if preview.owner != self._instance:
+                    await self._update(preview.id, expect={PreviewState.READY}, owner=self._instance)
                 self._tasks.start(f"watch:{preview.id}", self._watch(preview, machine.id))
                 done.append(f"adopted {preview.id} (ready)")
         return done
 
     async def stop_all(self, reason: str) -> None:
+        """Stop this replica's live previews (and any nobody owns); other replicas' run on."""
         for preview in await self._store.list_previews(states=LIVE_STATES):
-            await self.stop(preview, reason)
+            if preview.owner in (None, self._instance):
+                await self.stop(preview, reason)
 
     async def close(self) -> None:
         # A database write cancelled half-way would leave its driver thread talking to a closed loop.

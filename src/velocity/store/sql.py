@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from velocity.domain import (
     LIVE_STATES,
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     NotFound,
     Preview,
@@ -30,29 +32,63 @@ from velocity.domain import (
     Project,
     QuotaExceeded,
 )
-from velocity.store.tables import preview_events, previews, projects, used_links
+from velocity.store.tables import instances, leases, preview_events, previews, projects, used_links
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 Operation = TypeVar("Operation", bound=Callable[..., Awaitable[Any]])
+# An operation whose connection the server dropped runs again on a new one, this many times: a
+# database that is down fails the new connection at once, so retries cost nothing then.
+DROPPED_CONNECTION_RETRIES = 3
 
 
 def _whole(operation: Operation) -> Operation:
-    """Run a database operation to its end (commit or rollback) even when its caller is cancelled.
+    """Run a database operation to its end (commit or rollback) even when its caller is cancelled,
+    with the database's failures mapped once (``_unreachable``).
 
     Cancelled half-way, a transaction would leave its connection to be torn down while it may hold
     SQLite's write lock; shielded, the caller stops waiting and the operation still finishes cleanly
-    (``Store.dispose`` waits for it).
+    (``Store.dispose`` waits for it). A connection the server dropped (a restart, an administrator's
+    ``pg_terminate_backend``) is discarded by the pool and the operation runs once more on a new one.
     """
+
+    async def attempt(store: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            for _ in range(DROPPED_CONNECTION_RETRIES):
+                try:
+                    return await operation(store, *args, **kwargs)
+                except sa_exc.DBAPIError as exc:
+                    if not exc.connection_invalidated:
+                        raise
+                # The pool has discarded the dropped connection: again, on a new one.
+            return await operation(store, *args, **kwargs)
+        except sa_exc.DBAPIError as exc:
+            if _unreachable(exc):
+                raise _unavailable(exc) from exc
+            raise
+        except (sa_exc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
 
     @functools.wraps(operation)
     async def whole(store: Store, *args: Any, **kwargs: Any) -> Any:
-        task = asyncio.ensure_future(operation(store, *args, **kwargs))
+        task = asyncio.ensure_future(attempt(store, *args, **kwargs))
         store._inflight.add(task)
         task.add_done_callback(store._inflight.discard)
         return await asyncio.shield(task)
 
     return cast(Operation, whole)
+
+
+def _unreachable(exc: sa_exc.DBAPIError) -> bool:
+    """A database that cannot answer now (down, restarting, its connections dropped, SQLite busy),
+    as opposed to a statement that is wrong."""
+    return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailable:
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    text = " ".join(str(cause).split())[:200] or type(cause).__name__
+    return DatabaseUnavailable(f"the database is unavailable ({type(cause).__name__}: {text}); retry shortly")
 
 
 class CreateOutcome(NamedTuple):
@@ -253,6 +289,51 @@ class Store:
         async with self._writing() as conn:
             await conn.execute(query)
 
+    # --- replicas ------------------------------------------------------------------------------
+    @_whole
+    async def beat(self, instance: str, now: datetime) -> None:
+        """Record that the replica ``instance`` is alive at ``now``."""
+        async with self._writing() as conn:
+            query = instances.update().where(instances.c.id == instance).values(seen_at=now)
+            if (await conn.execute(query)).rowcount == 0:
+                await conn.execute(instances.insert().values(id=instance, started_at=now, seen_at=now))
+
+    @_whole
+    async def live_instances(self, *, since: datetime) -> set[str]:
+        """The replicas that beat at ``since`` or later."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(instances.c.id).where(instances.c.seen_at >= since))
+            return {row[0] for row in rows}
+
+    @_whole
+    async def forget_instance(self, instance: str) -> None:
+        """A replica that stops cleanly leaves at once, its previews' work to the leader."""
+        async with self._writing() as conn:
+            await conn.execute(instances.delete().where(instances.c.id == instance))
+            await conn.execute(leases.delete().where(leases.c.holder == instance))
+
+    @_whole
+    async def hold_lease(self, name: str, holder: str, *, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now + ttl``; False while another
+        replica holds it unexpired. One statement decides, so two replicas never both win."""
+        renew = (
+            leases.update()
+            .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.expires_at < now))
+            .values(holder=holder, expires_at=now + ttl)
+        )
+        async with self._writing() as conn:
+            if (await conn.execute(renew)).rowcount:
+                return True
+            held = await conn.execute(sa.select(leases.c.name).where(leases.c.name == name))
+            if held.first() is not None:
+                return False
+        try:
+            async with self._writing() as conn:
+                await conn.execute(leases.insert().values(name=name, holder=holder, expires_at=now + ttl))
+        except IntegrityError:
+            return False  # another replica inserted it first
+        return True
+
     # --- signed links -----------------------------------------------------------------------------
     @_whole
     async def use_link(self, jti: str, *, expires_at: datetime, now: datetime) -> bool:
@@ -359,6 +440,7 @@ def _preview_row(preview: Preview) -> dict[str, Any]:
         "ready_at": preview.ready_at,
         "failure_reason": preview.failure_reason,
         "failure_logs": list(preview.failure_logs),
+        "owner": preview.owner,
     }
 
 
@@ -376,6 +458,7 @@ def _preview(row: RowMapping) -> Preview:
         ready_at=_utc(row["ready_at"]) if row["ready_at"] else None,
         failure_reason=row["failure_reason"],
         failure_logs=tuple(row["failure_logs"] or ()),
+        owner=row["owner"],
     )
 
 

@@ -23,6 +23,9 @@ previews = sa.Table(
     sa.Column("ready_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("failure_reason", sa.Text, nullable=True),
     sa.Column("failure_logs", sa.JSON, nullable=False, default=list),
+    # The replica whose tasks launch and watch the preview (its instance id); the leader takes over
+    # the previews of replicas that stopped beating.
+    sa.Column("owner", sa.String(128), nullable=True),
     sa.Index("ix_previews_user_state", "user_id", "state"),
     # One live preview per (user, project): the database refuses a second one even under a race.
     sa.Index(
@@ -66,4 +69,24 @@ used_links = sa.Table(
     sa.Column("jti", sa.String(64), primary_key=True),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_used_links_expires", "expires_at"),
+)
+
+# Each orchestrator replica's heartbeat: one gone quiet for a few intervals has stopped, and its
+# previews' work passes to the leader.
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A lease per singleton job: the maintenance loops run on the replica holding "maintenance" until
+# it expires unrenewed.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
