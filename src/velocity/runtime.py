@@ -25,7 +25,6 @@ from velocity.clock import Clock, SystemClock
 from velocity.domain import ConfigError, DatabaseUnavailable, Preview, Unavailable
 from velocity.egress import CALLER_HEADER
 from velocity.loops import LoopMonitor, Replica, run_maintenance, supervise
-from velocity.projects import ProjectFiles
 from velocity.providers.base import MachineProvider
 from velocity.realtime import RealtimeHub
 from velocity.router import PreviewRouter
@@ -166,7 +165,6 @@ class Runtime:
             jwks=JwksCache(jwks_fetch or _jwks_over_http(issuer.issuer), clock=clock),
         )
         agents = agents or AgentClient()
-        files = ProjectFiles(settings.data_dir / "projects")
         monitor = LoopMonitor(clock, instance_id(settings))
         replica = Replica(store, clock, monitor, interval=settings.cleanup_interval_seconds)
         previews = PreviewService(
@@ -176,15 +174,10 @@ class Runtime:
             issuer=issuer,
             settings=settings,
             clock=clock,
-            files=files,
             instance=monitor.instance,
         )
-        projects = ProjectService(
-            store=store,
-            files=files,
-            clock=clock,
-            max_bytes=settings.max_project_bytes,
-        )
+        projects = ProjectService(store=store, clock=clock, max_bytes=settings.max_project_bytes)
+        await projects.adopt_legacy_snapshots(settings.data_dir / "projects")
         access = PreviewAccess(store=store, issuer=issuer, settings=settings, clock=clock)
         return cls(
             settings,

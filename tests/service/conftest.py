@@ -11,7 +11,7 @@ import pytest
 from tests.service.world import ALICE, BOB, Agents, World
 from velocity.auth import TokenIssuer
 from velocity.clock import FakeClock
-from velocity.projects import ProjectFiles, pack_directory
+from velocity.projects import pack_directory
 from velocity.providers.fake import FakeProvider
 from velocity.service import AgentClient, PreviewService, ProjectService
 from velocity.settings import Settings
@@ -40,9 +40,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         settings=settings,
         clock=clock,
     )
-    projects = ProjectService(
-        store=store, files=ProjectFiles(tmp_path / "projects"), clock=clock, max_bytes=1 << 20
-    )
+    projects = ProjectService(store=store, clock=clock, max_bytes=1 << 20)
     app = tmp_path / "app"
     app.mkdir()
     (app / "package.json").write_text('{"name": "app"}')

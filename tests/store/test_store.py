@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -11,6 +12,7 @@ import pytest
 from tests.store.conftest import POSTGRES, postgres_store
 from velocity.domain import (
     DatabaseUnavailable,
+    Forbidden,
     NotFound,
     Preview,
     PreviewState,
@@ -96,11 +98,12 @@ async def test_activity_never_moves_backwards(store: Store) -> None:
 
 
 async def test_projects_are_saved_replaced_and_listed_by_owner(store: Store) -> None:
-    """A project is saved, replaced in place, listed for its owner only; unknown ids are NotFound."""
+    """A project is saved with its snapshot, both replaced in place, listed for its owner only;
+    unknown ids are NotFound, and another user's import of the id changes neither."""
     project = Project(
         id="app", owner_id="alice", name="App", file_count=2, size_bytes=10, created_at=NOW, updated_at=NOW
     )
-    await store.save_project(project)
+    await store.save_project(project, snapshot=b"first", dependencies_key="k1")
     later = NOW + timedelta(minutes=1)
     replaced = await store.save_project(
         Project(
@@ -111,13 +114,20 @@ async def test_projects_are_saved_replaced_and_listed_by_owner(store: Store) -> 
             size_bytes=12,
             created_at=later,
             updated_at=later,
-        )
+        ),
+        snapshot=b"second",
     )
     assert (replaced.name, replaced.created_at, replaced.updated_at) == ("App 2", NOW, later)
+    assert (await store.snapshot("app"), await store.dependencies_key("app")) == (b"second", None)
     assert [p.id for p in await store.list_projects(owner_id="alice")] == ["app"]
     assert await store.list_projects(owner_id="bob") == []
+    with pytest.raises(Forbidden):
+        await store.save_project(replace(project, owner_id="bob"), snapshot=b"bob's")
+    assert await store.snapshot("app") == b"second"
     with pytest.raises(NotFound):
         await store.get_project("nope")
+    with pytest.raises(NotFound):
+        await store.snapshot("nope")
 
 
 async def test_connections_the_server_drops_mid_traffic_lose_nothing() -> None:

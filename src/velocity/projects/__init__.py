@@ -1,6 +1,6 @@
-"""Project snapshots: packing a directory, checking an uploaded archive, keeping it on disk.
+"""Project snapshots: packing a directory, checking an uploaded archive, digesting its dependencies.
 
-Locally the orchestrator is the source of snapshots; agents fetch them as gzip tarballs.
+The orchestrator keeps snapshots in its database; agents fetch them as gzip tarballs.
 """
 
 from velocity.projects.archive import (
@@ -11,14 +11,15 @@ from velocity.projects.archive import (
     pack_directory,
     read_snapshot,
 )
-from velocity.projects.files import ProjectFiles
+from velocity.projects.files import dependencies_key, legacy_snapshots
 
 __all__ = [
     "EXCLUDED_DIRS",
-    "ProjectFiles",
     "Snapshot",
     "archive_files",
+    "dependencies_key",
     "directory_files",
+    "legacy_snapshots",
     "pack_directory",
     "read_snapshot",
 ]

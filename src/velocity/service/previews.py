@@ -35,7 +35,6 @@ from velocity.domain import (
 )
 from velocity.domain.agent_contract import ORIGIN_HEADER
 from velocity.policy import Limits, TokenBuckets, machines_to_destroy, verdict
-from velocity.projects import ProjectFiles
 from velocity.providers.base import (
     META_CREATE_TAG,
     META_INSTANCE,
@@ -94,7 +93,6 @@ class PreviewService:
         issuer: TokenIssuer,
         settings: Settings,
         clock: Clock,
-        files: ProjectFiles | None = None,
         instance: str = "local",
     ) -> None:
         self._store = store
@@ -104,7 +102,6 @@ class PreviewService:
         self._settings = settings
         self._clock = clock
         self._instance = instance
-        self._files = files
         self.limits = Limits(
             lifetime=timedelta(seconds=settings.lifetime_seconds),
             idle=timedelta(seconds=settings.idle_timeout_seconds),
@@ -316,7 +313,7 @@ class PreviewService:
         return self._issuer.origin_secret(preview_id)
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def machine_spec(self, preview: Preview) -> MachineSpec:
+    def machine_spec(self, preview: Preview, *, cache_key: str | None = None) -> MachineSpec:
         s = self._settings
         token = self._issuer.mint_agent(
             preview_id=preview.id, project_id=preview.project_id, ttl_seconds=s.lifetime_seconds + 600
@@ -343,7 +340,7 @@ class PreviewService:
             META_CREATE_TAG: f"{preview.id}-{secrets.token_hex(4)}",
         }
         return MachineSpec(
-            cache_key=self._cache_key(preview),
+            cache_key=cache_key,
             image=s.preview_container_image,
             memory_mb=s.container_memory_mb,
             disk_mb=s.container_disk_mb,
@@ -355,17 +352,18 @@ class PreviewService:
             region=s.fly_regions[0] if s.fly_regions else None,
         )
 
-    def _cache_key(self, preview: Preview) -> str | None:
+    async def _cache_key(self, preview: Preview) -> str | None:
         """Dependencies are shared only between previews of one owner: a sandbox can write to its
         node_modules, so another user must never start from what it left."""
-        key = self._files.dependencies_key(preview.project_id) if self._files else None
+        key = await self._store.dependencies_key(preview.project_id)
         if key is None:
             return None
         return hashlib.sha256(f"{preview.user_id}\0{key}".encode()).hexdigest()[:32]
 
     async def _launch(self, preview: Preview) -> None:
         try:
-            machine = await self._provider.create(self.machine_spec(preview))
+            spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
+            machine = await self._provider.create(spec)
         except PreviewError as exc:
             await self.fail(preview.id, f"could not create a machine: {exc.message}")
             return

@@ -32,7 +32,15 @@ from velocity.domain import (
     Project,
     QuotaExceeded,
 )
-from velocity.store.tables import instances, leases, preview_events, previews, projects, used_links
+from velocity.store.tables import (
+    instances,
+    leases,
+    preview_events,
+    previews,
+    projects,
+    snapshots,
+    used_links,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -348,9 +356,12 @@ class Store:
 
     # --- projects --------------------------------------------------------------------------------
     @_whole
-    async def save_project(self, project: Project) -> Project:
-        """Create the project, or update it for its owner; ``Forbidden`` when another user owns the
-        id. One transaction decides, so of two first imports of an id exactly one creates it."""
+    async def save_project(
+        self, project: Project, *, snapshot: bytes, dependencies_key: str | None = None
+    ) -> Project:
+        """Create the project with its snapshot, or replace both for its owner; ``Forbidden`` when
+        another user owns the id. One transaction decides, so of two first imports of an id exactly
+        one creates it, and a refused import leaves the snapshot as it was."""
         values = {
             "id": project.id,
             "owner_id": project.owner_id,
@@ -375,6 +386,12 @@ class Store:
                         await conn.execute(
                             projects.update().where(projects.c.id == project.id).values(**changes)
                         )
+                    await conn.execute(snapshots.delete().where(snapshots.c.project_id == project.id))
+                    await conn.execute(
+                        snapshots.insert().values(
+                            project_id=project.id, data=snapshot, dependencies_key=dependencies_key
+                        )
+                    )
                 return await self.get_project(project.id)
             except IntegrityError:
                 continue
@@ -389,6 +406,23 @@ class Store:
         if row is None:
             raise NotFound(f"project {project_id} not found; import it first (velocity projects import DIR)")
         return _project(row)
+
+    @_whole
+    async def snapshot(self, project_id: str) -> bytes:
+        async with self._engine.connect() as conn:
+            query = sa.select(snapshots.c.data).where(snapshots.c.project_id == project_id)
+            data = (await conn.execute(query)).scalar()
+        if data is None:
+            raise NotFound(f"project {project_id} has no snapshot; import it again")
+        return bytes(data)
+
+    @_whole
+    async def dependencies_key(self, project_id: str) -> str | None:
+        """The digest of the project's package.json and lockfile (``None``: no lockfile)."""
+        async with self._engine.connect() as conn:
+            query = sa.select(snapshots.c.dependencies_key).where(snapshots.c.project_id == project_id)
+            key: str | None = (await conn.execute(query)).scalar()
+        return key
 
     @_whole
     async def list_projects(self, *, owner_id: str | None = None) -> list[Project]:

@@ -62,6 +62,18 @@ projects = sa.Table(
     sa.Column("public", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# Each project's snapshot (a gzip tarball, up to MAX_PROJECT_BYTES) and the digest of what decides
+# its node_modules (``projects.dependencies_key``), replaced with the project in one transaction.
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column(
+        "project_id", sa.String(64), sa.ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("dependencies_key", sa.String(64), nullable=True),
+)
+
 # Signed preview links already exchanged for a session: a link opens a preview once.
 used_links = sa.Table(
     "used_links",
