@@ -44,3 +44,17 @@ def test_the_fly_commands_answer_under_the_main_command(argv: list[str], says: s
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert says in result.output
+
+
+@pytest.mark.parametrize("command", ["up", "serve"])
+def test_up_and_serve_take_the_same_listening_options(command: str) -> None:
+    """Where to listen and where to keep state are options of both commands, with -v for more logs."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for option in ("--host", "--port", "--data-dir", "--verbose"):
+        assert option in result.output, (option, result.output)
+
+
+def test_up_follows_edits_unless_told_not_to() -> None:
+    result = CliRunner().invoke(app, ["up", "--help"], env={"COLUMNS": "200"})
+    assert "--no-watch" in result.output

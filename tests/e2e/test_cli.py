@@ -16,46 +16,64 @@ import httpx
 import pytest
 
 from tests.e2e.harness import EXAMPLE, Live, modules_cache
+from tests.realtime.realtime_clients import eventually
 from velocity.providers.local import cgroups
 
 pytestmark = pytest.mark.e2e
 VELOCITY = str(Path(sys.executable).with_name("velocity"))
 
 
-async def test_up_serves_the_example_and_ctrl_c_leaves_nothing_behind(npm_cache: Path) -> None:
-    """`velocity up` prints a working preview URL and a token; Ctrl-C removes every sandbox."""
+async def test_up_serves_the_example_follows_its_edits_and_ctrl_c_leaves_nothing_behind(
+    npm_cache: Path, tmp_path: Path
+) -> None:
+    """`velocity up` prints a working preview URL and a token, each whole on one line in an
+    80-column terminal, without a line per egress connection or migration; an edit saved in the
+    project directory reaches the preview, as under `vite dev`; Ctrl-C removes every sandbox."""
     data = Path(tempfile.mkdtemp(prefix="vp-"))
+    project = tmp_path / "example"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("node_modules", "dist"))
     env = {
         **os.environ,
-        "VELOCITY_DATA_DIR": str(data),
         "LOCAL_NPM_CACHE_DIR": str(npm_cache),
         "LOCAL_MODULES_CACHE_DIR": str(modules_cache(npm_cache)),
-        "COLUMNS": "400",
+        "COLUMNS": "80",
     }
     up = await asyncio.create_subprocess_exec(
-        VELOCITY, "up", "--port", "0", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+        VELOCITY, "up", "--port", "0", "--data-dir", str(data), "--project", str(project),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     assert up.stdout is not None
-    seen = []
+    seen: list[str] = []
+
+    async def until(pattern: str) -> re.Match[str]:
+        assert up.stdout is not None
+        while not (found := re.search(pattern, "".join(seen))):
+            line = (await up.stdout.readline()).decode()
+            assert line, "velocity up ended early:\n" + "".join(seen)
+            seen.append(line)
+        return found
+
     try:
         async with asyncio.timeout(120):
-            while not (
-                match := re.search(r"http://([a-z0-9]{12})\.preview\.localhost:(\d+)/", "".join(seen))
-            ):
-                line = (await up.stdout.readline()).decode()
-                assert line, "velocity up ended early:\n" + "".join(seen)
-                seen.append(line)
+            match = await until(r"http://([a-z0-9]{12})\.preview\.localhost:(\d+)/")
+            await until(r"watching .*example")
         output = "".join(seen)
-        assert "API token" in output
         preview_id, port = match.group(1), match.group(2)
-        token = re.search(r"API token\s+(\S+)", output)
-        assert token is not None
+        token = re.search(r"API token\s+(\S+)\n", output)
+        assert token is not None and token.group(1).count(".") == 2, output
+        assert "egress" not in output and "alembic" not in output, output
         owner = {"authorization": f"Bearer {token.group(1)}"}
+        host = {"host": f"{preview_id}.preview.localhost:{port}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=owner) as client:
-            page = await client.get(
-                "/src/App.jsx", headers={"host": f"{preview_id}.preview.localhost:{port}"}
-            )
-        assert "Hello from Velocity" in page.text
+            page = await client.get("/src/App.jsx", headers=host)
+            assert "Hello from Velocity" in page.text
+            app = project / "src" / "App.jsx"
+            app.write_text(app.read_text().replace("Hello from Velocity", "Edited beside up"))
+            async with asyncio.timeout(30):
+                await until(r"pushed 1 changed and 0 deleted: src/App.jsx")
+            workspace = next((data / "sandboxes").iterdir()) / "workspace" / "src" / "App.jsx"
+            await eventually(lambda: "Edited beside up" in workspace.read_text(), within=15)
+            assert "Edited beside up" in (await client.get("/src/App.jsx", headers=host)).text
         sandboxes = list((data / "sandboxes").iterdir())
         assert len(sandboxes) == 1
         up.send_signal(signal.SIGINT)
@@ -76,8 +94,8 @@ async def test_up_serves_the_example_and_ctrl_c_leaves_nothing_behind(npm_cache:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def run(live: Live, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "VELOCITY_TOKEN": live.token, "COLUMNS": "400"}
+def run(live: Live, *args: str, columns: int = 400) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VELOCITY_TOKEN": live.token, "COLUMNS": str(columns)}
     url = f"http://127.0.0.1:{live.port}"
     return subprocess.run(
         [VELOCITY, *args, "--url", url], env=env, capture_output=True, text=True, timeout=120
@@ -85,7 +103,8 @@ def run(live: Live, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_preview_commands_import_create_list_log_and_remove(live: Live) -> None:
-    """projects import, previews create (with progress), ls, logs and rm against a live orchestrator."""
+    """projects import, previews create (with progress), ls (the URL whole in 80 columns), logs
+    (of a removed preview too) and rm against a live orchestrator."""
     imported = await asyncio.to_thread(run, live, "projects", "import", str(EXAMPLE), "--id", "demo")
     assert imported.returncode == 0, imported.stderr
     assert "imported demo" in imported.stdout
@@ -94,13 +113,17 @@ async def test_the_preview_commands_import_create_list_log_and_remove(live: Live
     preview_id, state, url = created.stdout.splitlines()[0].split()[-3:]
     assert state == "ready"
     assert url == f"http://{preview_id}.preview.localhost:{live.port}/"
-    listed = await asyncio.to_thread(run, live, "previews", "ls")
+    listed = await asyncio.to_thread(run, live, "previews", "ls", columns=80)
     assert preview_id in listed.stdout
+    assert url in listed.stdout, listed.stdout
     logs = await asyncio.to_thread(run, live, "previews", "logs", preview_id, "--tail", "50")
     assert logs.returncode == 0
     assert "VITE" in logs.stdout or "ready in" in logs.stdout
     removed = await asyncio.to_thread(run, live, "previews", "rm", preview_id)
     assert removed.stdout.split() == [preview_id, "stopped"]
+    ended = await asyncio.to_thread(run, live, "previews", "logs", preview_id, "--tail", "50")
+    assert ended.returncode == 0
+    assert "VITE" in ended.stdout or "ready in" in ended.stdout, "a stopped preview keeps its last lines"
     missing = await asyncio.to_thread(run, live, "previews", "create", "no-such-project")
     assert missing.returncode == 1
     assert "project no-such-project not found" in missing.stderr

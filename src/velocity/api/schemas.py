@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from velocity.domain import Machine, Preview, Project
+from velocity.domain import Machine, Preview, PreviewState, Project
 
 ProjectId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["my-app"])]
 PreviewId = Annotated[str, Field(pattern=r"^[a-z0-9]{12}$", examples=["k3v9x2m1q8ab"])]
@@ -33,7 +33,9 @@ class PreviewOut(BaseModel):
     expires_at: datetime
     last_activity_at: datetime
     failure_reason: str | None
-    failure_logs: list[str]
+    failure_logs: list[str] = Field(
+        description="a failed preview's last log lines (GET …/logs: any ended one's)"
+    )
 
     @classmethod
     def of(
@@ -53,7 +55,7 @@ class PreviewOut(BaseModel):
             expires_at=preview.expires_at,
             last_activity_at=preview.last_activity_at,
             failure_reason=preview.failure_reason,
-            failure_logs=list(preview.failure_logs),
+            failure_logs=list(preview.failure_logs) if preview.state == PreviewState.FAILED else [],
         )
 
 

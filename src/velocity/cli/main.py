@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -17,7 +19,7 @@ from velocity.auth import Caller
 from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
 from velocity.cli.progress import follow
-from velocity.cli.push import push_command
+from velocity.cli.push import Pusher, push_command
 from velocity.domain import ConfigError, PreviewError, PreviewState, ProviderError
 from velocity.projects import pack_directory
 from velocity.server import LoopFailed, running
@@ -59,29 +61,52 @@ def _until_done(work: Coroutine[Any, Any, None]) -> None:
         raise typer.Exit(1) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One line per proxied request or health check would drown what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+# Loggers whose INFO lines are for -v: one per egress connection, Alembic's migration chatter, one
+# per HTTP call the orchestrator makes.
+CHATTY = ("httpx", "alembic", "velocity.egress")
+Verbose = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="more log lines (-v: each connection; -vv: debug)")
+]
+Host = Annotated[str | None, typer.Option(help="address to listen on (default VELOCITY_HOST)")]
+Port = Annotated[int | None, typer.Option(help="port to listen on, 0 for any (default VELOCITY_PORT)")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="where the database, sandboxes and caches live (default VELOCITY_DATA_DIR)"),
+]
+
+
+def _logging(verbose: int = 0) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(level if verbose else logging.WARNING)
+
+
+def _listen_settings(host: str | None, port: int | None, data_dir: Path | None) -> Settings:
+    return _settings(velocity_host=host, velocity_port=port, velocity_data_dir=data_dir)
 
 
 @app.command()
 def up(
     project: Annotated[Path, typer.Option(help="project directory to preview")] = EXAMPLE,
     project_id: Annotated[str, typer.Option(help="id to register it under")] = "example",
-    port: Annotated[int | None, typer.Option(help="port (default VELOCITY_PORT)")] = None,
+    watch: Annotated[bool, typer.Option(help="send the directory's edits to the preview as you save")] = True,
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    verbose: Verbose = 0,
 ) -> None:
-    """Start the orchestrator, preview a project (the bundled example by default), serve until Ctrl-C."""
-    _logging()
-    settings = _settings(velocity_port=port)
+    """Start the orchestrator, preview a project (the bundled example by default) and follow its
+    edits, as `vite dev` would; serve until Ctrl-C."""
+    _logging(verbose)
+    settings = _listen_settings(host, port, data_dir)
     try:
-        _until_done(_up(settings, project, project_id))
+        _until_done(_up(settings, project, project_id, watch=watch))
     except PreviewError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
-        raise typer.Exit(1) from None
 
 
-async def _up(settings: Settings, project: Path, project_id: str) -> None:
+async def _up(settings: Settings, project: Path, project_id: str, *, watch: bool) -> None:
     async with running(settings, handle_signals=True) as orchestrator:
         runtime = orchestrator.runtime
         user = Caller(subject=LOCAL_USER, role="authenticated")
@@ -90,8 +115,9 @@ async def _up(settings: Settings, project: Path, project_id: str) -> None:
         started = time.perf_counter()
         preview, _ = await runtime.previews.create(user, project_id)
         token = runtime.issuer.mint_user(LOCAL_USER, ttl_seconds=12 * 3600)
+        # Long values on one line each, however narrow the terminal: they are there to be copied.
         console.print(f"[bold]orchestrator[/] {runtime.settings.orchestrator_url}  (API docs: /docs)")
-        console.print(f"[bold]API token[/]    {token}")
+        console.print(f"[bold]API token[/]    {token}", soft_wrap=True)
         with console.status("provisioning") as status:
             while preview.state in (PreviewState.PROVISIONING, PreviewState.BOOTING):
                 stage = await runtime.previews.stage(preview)
@@ -105,15 +131,42 @@ async def _up(settings: Settings, project: Path, project_id: str) -> None:
             return
         console.print(
             f"[green]ready[/] in {time.perf_counter() - started:.2f} s: "
-            f"[bold]{runtime.settings.preview_url(preview.id)}[/]"
+            f"[bold]{runtime.settings.preview_url(preview.id)}[/]",
+            soft_wrap=True,
         )
         if runtime.settings.preview_access == "private":
             seconds = runtime.settings.preview_access_link_seconds
             console.print(f"[bold]open[/]         {runtime.access.link(preview)}", soft_wrap=True)
             console.print(f"(the link signs this browser in to the private preview; valid {seconds} s)")
+        stop = threading.Event()
+        watching = (
+            asyncio.create_task(
+                asyncio.to_thread(_follow_edits, runtime.settings, project, preview.id, token, stop)
+            )
+            if watch
+            else None
+        )
         console.print("Ctrl-C stops everything.")
-        await orchestrator.wait()
+        try:
+            await orchestrator.wait()
+        finally:
+            stop.set()
+            if watching is not None:
+                with contextlib.suppress(Exception, typer.Exit):
+                    await watching
         console.print("stopping previews...")
+
+
+def _follow_edits(
+    settings: Settings, directory: Path, preview_id: str, token: str, stop: threading.Event
+) -> None:
+    """``velocity push --watch`` inside ``up``: each save reaches the preview over Realtime."""
+    api = Api(settings, url=settings.orchestrator_url, token=token)
+    pusher = Pusher(api, directory, preview_id, save=True, max_bytes=settings.max_project_bytes)
+    pusher.watch(
+        lambda: console.print(f"watching {directory}: saved edits reach the preview (--no-watch: off)"),
+        stop=stop,
+    )
 
 
 @app.command()
@@ -121,14 +174,18 @@ def serve(
     keep_previews: Annotated[
         bool, typer.Option(help="leave previews running on exit; the next start adopts them")
     ] = False,
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    verbose: Verbose = 0,
 ) -> None:
     """Run the orchestrator (API, router, reaper and reconciler) until Ctrl-C."""
-    _logging()
-    settings = _settings()
+    _logging(verbose)
+    settings = _listen_settings(host, port, data_dir)
 
     async def main() -> None:
         async with running(settings, stop_previews=not keep_previews, handle_signals=True) as orchestrator:
-            console.print(f"serving on {orchestrator.settings.orchestrator_url}")
+            console.print(f"serving on {orchestrator.settings.orchestrator_url}", soft_wrap=True)
             await orchestrator.wait()
 
     _until_done(main())
@@ -220,9 +277,13 @@ def previews_create(
 def previews_ls(url: Url = None, token: Token = None) -> None:
     """List your previews."""
     body = Api(_settings(), url=url, token=token).call("GET", "/v1/previews")
-    table = Table("id", "project", "state", "url", "created")
-    for p in body["previews"]:
-        table.add_row(p["id"], p["project_id"], p["state"], p["url"], p["created_at"])
+    previews = body["previews"]
+    table = Table("id", "project", "state", "created")
+    # The URL whole, never cut short: it is there to be copied. The other columns give way.
+    widest = max((len(p["url"]) for p in previews), default=3)
+    table.add_column("url", no_wrap=True, min_width=widest, overflow="ignore")
+    for p in previews:
+        table.add_row(p["id"], p["project_id"], p["state"], p["created_at"], p["url"])
     console.print(table)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,16 +133,20 @@ class Pusher:
         self._sent = local
         return todo
 
-    def watch(self, started: Callable[[], None]) -> None:
-        """Push after every burst of changes (watchfiles groups them), until Ctrl-C. ``started`` is
-        called once the watcher runs, after a push of what changed before it did."""
+    def watch(self, started: Callable[[], None], *, stop: threading.Event | None = None) -> None:
+        """Push after every burst of changes (watchfiles groups them), until Ctrl-C or ``stop``.
+        ``started`` is called once the watcher runs, after a push of what changed before it did."""
         ignored = watchfiles.DefaultFilter(
             ignore_dirs=(*watchfiles.DefaultFilter.ignore_dirs, *EXCLUDED_DIRS)
         )
         watching = False
         # The watcher starts inside the first iteration; the first timeout tells us it runs.
         for changes in watchfiles.watch(
-            self._directory, watch_filter=ignored, yield_on_timeout=True, rust_timeout=WATCH_TICK_MS
+            self._directory,
+            watch_filter=ignored,
+            yield_on_timeout=True,
+            rust_timeout=WATCH_TICK_MS,
+            stop_event=stop,
         ):
             if changes or not watching:
                 todo = self.push()

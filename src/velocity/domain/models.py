@@ -85,6 +85,7 @@ class Preview:
     machine_id: str | None = None
     ready_at: datetime | None = None
     failure_reason: str | None = None
+    # The last log lines of an ended preview: why a failed one failed, how a stopped one ended.
     failure_logs: tuple[str, ...] = field(default_factory=tuple)
     # The orchestrator replica whose tasks launch and watch it (its instance id).
     owner: str | None = None

@@ -59,6 +59,8 @@ ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 12
 # The router does not write every request to the database: activity is flushed at most this often.
 ACTIVITY_FLUSH = timedelta(seconds=5)
+# How long a stop waits for the agent's last log lines before it destroys the machine anyway.
+LAST_LINES_SECONDS = 3.0
 # How often a wait re-reads a preview another replica owns (its changes reach this process only so).
 OTHER_REPLICA_POLL_SECONDS = 0.5
 # How long one long-poll to an agent may last; the readiness deadline is checked between polls.
@@ -494,6 +496,11 @@ class PreviewService:
         )
         if stopping is None:
             return await self._store.get_preview(preview.id)
+        # Kept with the row, so `previews logs` still shows how it ended once the machine is gone.
+        lines: tuple[str, ...] = ()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LAST_LINES_SECONDS):
+                lines = await self._last_lines(stopping)
         await self._release(stopping)
         stopped = await self._update(
             preview.id,
@@ -501,6 +508,7 @@ class PreviewService:
             state=PreviewState.STOPPED,
             updated_at=self._clock.now(),
             detail="machine destroyed",
+            failure_logs=lines,
         )
         return stopped or await self._store.get_preview(preview.id)
 
