@@ -13,6 +13,7 @@ from velocity.domain import BadRequest, NotFound, ProviderRejected, RateLimited,
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, MaybeApplied
 from velocity.fly.client import retry_delay
+from velocity.metrics import REGISTRY
 from velocity.providers.base import META_CREATE_TAG
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -56,6 +57,31 @@ async def test_a_get_is_retried_through_429_and_503(mock_client: Callable[[Handl
     machine = await mock_client(script).get_machine("0123456789abcd")
     assert machine["id"] == MACHINE["id"]
     assert script.count("GET") == 3
+
+
+async def test_each_call_retry_and_wait_is_counted_for_operators(
+    mock_client: Callable[[Handler], FlyClient],
+) -> None:
+    """The metrics see every answer by status, each retry, and the 2 s Fly's 429 asked to wait."""
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "429": value("velocity_fly_api_calls_total", action="get", status="429"),
+        "200": value("velocity_fly_api_calls_total", action="get", status="200"),
+        "retries": value("velocity_fly_api_retries_total", action="get"),
+        "waited": value("velocity_fly_api_rate_limit_wait_seconds_total", action="get"),
+    }
+    script = Script(
+        httpx.Response(429, headers={"retry-after": "2"}, json={"error": "rate limit exceeded"}),
+        httpx.Response(200, json=MACHINE),
+    )
+    await mock_client(script).get_machine("0123456789abcd")
+    assert value("velocity_fly_api_calls_total", action="get", status="429") == before["429"] + 1
+    assert value("velocity_fly_api_calls_total", action="get", status="200") == before["200"] + 1
+    assert value("velocity_fly_api_retries_total", action="get") == before["retries"] + 1
+    assert value("velocity_fly_api_rate_limit_wait_seconds_total", action="get") >= before["waited"] + 2
 
 
 async def test_a_permanent_error_is_not_retried(mock_client: Callable[[Handler], FlyClient]) -> None:

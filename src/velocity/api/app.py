@@ -4,8 +4,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import velocity
+from velocity import metrics
 from velocity.api import errors, events
 from velocity.api.schemas import (
     CreatePreview,
@@ -183,6 +185,18 @@ def create_api(
     async def admin_machines(_who: Operator) -> MachineList:
         """The machines of ours the provider knows, with the preview each belongs to."""
         return MachineList(machines=[MachineOut.of(m) for m in await previews.machines()])
+
+    @app.get(
+        "/metrics",
+        tags=["admin"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics_text(_who: Operator) -> Response:
+        """Prometheus metrics (docs/operations.md): an operator's token, as Prometheus's
+        ``authorization`` setting sends it. Gauges of what exists are read at each scrape."""
+        await previews.census()
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/admin/maintenance", response_model=MaintenanceOut, tags=["admin"])
     async def admin_maintenance(_who: Operator) -> MaintenanceOut:

@@ -10,6 +10,7 @@ first looks for the machine by the unique tag it put in the metadata.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import httpx
 import stamina
 
+from velocity import metrics
 from velocity.clock import Clock, SystemClock
 from velocity.domain import ConfigError, NotFound, ProviderError, RateLimited, Unavailable
 from velocity.fly.errors import MaybeApplied, error_from_response, error_from_transport
@@ -364,7 +366,11 @@ class FlyClient:
             wait_max=policy.wait_max,
         ):
             with attempt:
+                if attempt.num > 1:
+                    metrics.FLY_RETRIES.labels(action).inc()
+                waited = time.monotonic()
                 await self._limiter.acquire(action, key)
+                metrics.FLY_RATE_WAIT.labels(action).inc(time.monotonic() - waited)
                 try:
                     http = self._waits if action == "wait" else self._http
                     response = await http.request(
@@ -373,9 +379,14 @@ class FlyClient:
                         timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,
                     )  # fmt: skip
                 except httpx.HTTPError as exc:
+                    metrics.FLY_CALLS.labels(action, "error").inc()
                     raise error_from_transport(exc, action=action) from exc
+                metrics.FLY_CALLS.labels(action, str(response.status_code)).inc()
                 if response.status_code not in expect:
-                    raise error_from_response(response, action=action)
+                    error = error_from_response(response, action=action)
+                    if isinstance(error, RateLimited) and error.retry_after:
+                        metrics.FLY_RATE_WAIT.labels(action).inc(error.retry_after)  # stamina waits it
+                    raise error
                 return response
         raise AssertionError("stamina either returns or re-raises")  # pragma: no cover
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from velocity import metrics
 from velocity.clock import Clock
 from velocity.domain import DatabaseUnavailable, ProviderError
 from velocity.loops.health import LoopMonitor
@@ -37,9 +38,11 @@ async def run_maintenance(
     while True:
         if replica.leader:
             try:
-                await maintenance_pass(service)
+                with metrics.MAINTENANCE_PASS.time():
+                    await maintenance_pass(service)
                 health.succeeded(clock.now())
             except (ProviderError, DatabaseUnavailable) as exc:
+                metrics.MAINTENANCE_FAILURES.inc()
                 health.failed(exc.message)
                 log.warning("maintenance pass failed, trying again in %g s: %s", interval, exc.message)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from velocity import metrics
 from velocity.clock import Clock
 from velocity.domain import DatabaseUnavailable
 from velocity.loops.health import LoopMonitor
@@ -47,6 +48,7 @@ class Replica:
         elif not leads and self._monitor.leader:
             log.warning("replica %s no longer leads: another replica holds the lease", self.instance)
         self._monitor.leader = leads
+        metrics.LEADER.set(1 if leads else 0)
         return leads
 
     async def run(self) -> None:
@@ -58,6 +60,7 @@ class Replica:
             except DatabaseUnavailable as exc:
                 # Without the database this replica cannot know it still leads: it stops leading.
                 self._monitor.leader = False
+                metrics.LEADER.set(0)
                 health.failed(exc.message)
                 log.warning("replica heartbeat failed: %s", exc.message)
             await self._clock.sleep(self.period)

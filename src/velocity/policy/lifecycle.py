@@ -59,3 +59,23 @@ def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) ->
         # A machine whose preview is live but whose id is not yet recorded is being created right now.
         and m.metadata.get("velocity_preview_id") not in live_ids
     ]
+
+
+# Why previews end, as the metrics count them: the first phrase a reason contains names its kind.
+END_REASONS = (
+    ("deleted", "deleted"),
+    ("maximum lifetime", "lifetime"),
+    ("idle for", "idle"),
+    ("not serving within", "failed_boot"),
+    ("agent reported failure", "failed_boot"),
+    ("could not create a machine", "create_failed"),
+    ("machine", "machine_gone"),
+    ("shutting down", "shutdown"),
+)
+
+
+def end_reason(reason: str) -> str:
+    """The kind of ``reason`` (a stop's or a failure's words): deleted, lifetime, idle, failed_boot,
+    create_failed, machine_gone, shutdown, or other."""
+    lowered = reason.lower()
+    return next((kind for phrase, kind in END_REASONS if phrase in lowered), "other")

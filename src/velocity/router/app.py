@@ -10,8 +10,9 @@ import contextvars
 import html
 import re
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from velocity import metrics
 from velocity.domain import BadRequest, NotFound, PreviewError, Unavailable
 from velocity.providers.base import AgentEndpoint
 from velocity.proxy import ReverseProxy, Upstream
@@ -71,7 +72,12 @@ class PreviewRouter:
         await self._api(scope, receive, send)
 
     async def _route(self, preview_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = str(scope["type"])
+        outcome = "proxied"
+        receive, send = _counted(receive, send)
         token = _current_preview.set(preview_id)
+        if kind == "websocket":
+            metrics.ROUTER_WEBSOCKETS.inc()
         try:
             if self._gate is not None:
                 if await self._gate.sign_in_if_asked(preview_id, scope, send):
@@ -86,14 +92,19 @@ class PreviewRouter:
                     "retry shortly"
                 )
             if self._replay_app is not None and replayable(scope):
+                outcome = "replayed"
                 await self._replay(preview_id, self._replay_app, scope, admitted, send)
             else:
                 # Locally; and on Fly for a body Fly's proxy cannot replay, over the private network.
                 await self._proxy(admitted, receive, send)
         except PreviewError as exc:
+            outcome = "refused"
             await _error_page(scope, send, exc)
         finally:
             _current_preview.reset(token)
+            metrics.ROUTER_REQUESTS.labels(kind, outcome).inc()
+            if kind == "websocket":
+                metrics.ROUTER_WEBSOCKETS.dec()
 
     async def _resolve(self, scope: Scope) -> Upstream:
         endpoint = await self._checked(_current_preview.get())
@@ -143,6 +154,28 @@ def _refuse_agent_paths(preview_id: str, scope: Scope) -> None:
             f"reads the logs with GET /v1/previews/{preview_id}/logs and the state with "
             f"GET /v1/previews/{preview_id}"
         )
+
+
+def _counted(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """``receive`` and ``send`` counting the bytes of bodies and frames each way."""
+    to_preview = metrics.ROUTER_BYTES.labels("to_preview")
+    from_preview = metrics.ROUTER_BYTES.labels("from_preview")
+
+    async def counted_receive() -> Message:
+        message = await receive()
+        to_preview.inc(_size(message))
+        return message
+
+    async def counted_send(message: Message) -> None:
+        from_preview.inc(_size(message))
+        await send(message)
+
+    return counted_receive, counted_send
+
+
+def _size(message: Message) -> int:
+    data = message.get("body") or message.get("bytes") or message.get("text") or b""
+    return len(data) if isinstance(data, bytes | str) else 0
 
 
 def _has(scope: Scope, wanted: bytes) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from velocity import metrics
 from velocity.auth import Caller, TokenIssuer
 from velocity.clock import Clock
 from velocity.domain import (
@@ -29,12 +30,13 @@ from velocity.domain import (
     PreviewGone,
     PreviewState,
     ProviderError,
+    QuotaExceeded,
     TooManyRequests,
     Unauthorized,
     Unavailable,
 )
 from velocity.domain.agent_contract import ORIGIN_HEADER
-from velocity.policy import Limits, TokenBuckets, machines_to_destroy, verdict
+from velocity.policy import Limits, TokenBuckets, end_reason, machines_to_destroy, verdict
 from velocity.providers.base import (
     META_CREATE_TAG,
     META_INSTANCE,
@@ -59,6 +61,8 @@ ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 12
 # The router does not write every request to the database: activity is flushed at most this often.
 ACTIVITY_FLUSH = timedelta(seconds=5)
+# Machine time counts as active while the preview saw a request or frame this recently.
+ACTIVE_WITHIN = timedelta(minutes=1)
 # How long a stop waits for the agent's last log lines before it destroys the machine anyway.
 LAST_LINES_SECONDS = 3.0
 # How often a wait re-reads a preview another replica owns (its changes reach this process only so).
@@ -122,6 +126,8 @@ class PreviewService:
         # Activity seen by this process and not yet written: the reaper counts it too.
         self._seen: dict[str, datetime] = {}
         self._end_hooks: list[Callable[[Preview], None]] = []
+        self._stop_reasons: dict[str, str] = {}  # for the metrics: why each stop in flight stops
+        self._accounted: dict[str, datetime] = {}  # machine-seconds counted up to, per live preview
 
     def on_end(self, hook: Callable[[Preview], None]) -> None:
         """Call ``hook`` with each preview once this service has ended it (stopped, failed, deleted)."""
@@ -135,6 +141,7 @@ class PreviewService:
         """A new preview of ``project_id``, or the caller's live one; the machine is made in the background."""
         wait = self._create_rate.take(caller.subject, self._clock.now())
         if wait is not None:
+            metrics.PREVIEW_CREATES.labels("rate_limited").inc()
             raise TooManyRequests(
                 f"too many previews created; retry in {wait:.0f} s "
                 f"(PREVIEW_CREATE_RATE_PER_MINUTE={self._settings.preview_create_rate_per_minute:g})",
@@ -156,7 +163,12 @@ class PreviewService:
             expires_at=now + self.limits.lifetime,
             owner=self._instance,
         )
-        outcome = await self._store.create_preview(preview, limit=self.limits.max_per_user)
+        try:
+            outcome = await self._store.create_preview(preview, limit=self.limits.max_per_user)
+        except QuotaExceeded:
+            metrics.PREVIEW_CREATES.labels("quota").inc()
+            raise
+        metrics.PREVIEW_CREATES.labels("created" if outcome.created else "existing").inc()
         if outcome.created:
             self._tasks.start(f"launch:{preview.id}", self._launch(preview))
         return outcome
@@ -365,7 +377,8 @@ class PreviewService:
     async def _launch(self, preview: Preview) -> None:
         try:
             spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
-            machine = await self._provider.create(spec)
+            with metrics.MACHINE_CREATE.labels(self._provider.name).time():
+                machine = await self._provider.create(spec)
         except PreviewError as exc:
             await self.fail(preview.id, f"could not create a machine: {exc.message}")
             return
@@ -433,6 +446,7 @@ class PreviewService:
         )
         self._endpoints[preview.id] = endpoint
         if ready is not None:
+            metrics.TIME_TO_READY.observe((now - preview.created_at).total_seconds())
             self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
 
     async def _machine_exit(self, machine_id: str, *, born: datetime | None = None) -> str | None:
@@ -496,6 +510,7 @@ class PreviewService:
         )
         if stopping is None:
             return await self._store.get_preview(preview.id)
+        self._stop_reasons[preview.id] = end_reason(reason)
         # Kept with the row, so `previews logs` still shows how it ended once the machine is gone.
         lines: tuple[str, ...] = ()
         with contextlib.suppress(TimeoutError):
@@ -533,6 +548,12 @@ class PreviewService:
         updated = await self._store.update_preview(preview_id, **changes)
         for waiter in self._waiters.get(preview_id, ()):
             waiter.set()
+        if updated is not None and not updated.is_live and "state" in changes:
+            reason = end_reason(str(changes.get("detail") or ""))
+            if updated.state == PreviewState.STOPPED:  # the stop's reason is on its stopping step
+                reason = self._stop_reasons.pop(preview_id, reason)
+            metrics.PREVIEW_ENDS.labels(updated.state.value, reason).inc()
+            self._accounted.pop(preview_id, None)
         if updated is not None and not updated.is_live:
             for hook in self._end_hooks:
                 hook(updated)
@@ -570,6 +591,7 @@ class PreviewService:
                 await self.fail(preview.id, decision.reason)
             else:
                 await self.stop(preview, decision.reason)
+            metrics.MAINTENANCE_ACTIONS.labels(decision.action, end_reason(decision.reason)).inc()
             done.append(f"{decision.action} {preview.id}: {decision.reason}")
         return done
 
@@ -581,6 +603,7 @@ class PreviewService:
         live = await self._store.list_previews(states=LIVE_STATES)
         for machine in machines_to_destroy(machines, live):
             await self._destroy(machine.id)
+            metrics.MAINTENANCE_ACTIONS.labels("destroy", "orphan").inc()
             done.append(f"destroyed orphan machine {machine.id}")
         by_preview = {m.metadata.get(META_PREVIEW_ID): m for m in machines}
         # Another replica that still beats launches and watches its own previews; those of replicas
@@ -596,6 +619,7 @@ class PreviewService:
             if found is None or found.state in STOPPED_OR_BEYOND:
                 reason = "its machine is gone" if found is None else await self._machine_exit(found.id)
                 await self.fail(preview.id, reason or "its machine is gone")
+                metrics.MAINTENANCE_ACTIONS.labels("fail", "machine_gone").inc()
                 done.append(f"failed {preview.id}: {reason}")
                 continue
             machine = found
@@ -611,13 +635,40 @@ class PreviewService:
                 )
                 if adopted is not None:
                     self._tasks.start(f"launch:{preview.id}", self._await_ready(adopted, machine))
+                    metrics.MAINTENANCE_ACTIONS.labels("adopt", "booting").inc()
                     done.append(f"adopted {preview.id} (booting)")
             elif not self._tasks.running(f"watch:{preview.id}"):
                 if preview.owner != self._instance:
                     await self._update(preview.id, expect={PreviewState.READY}, owner=self._instance)
                 self._tasks.start(f"watch:{preview.id}", self._watch(preview, machine.id))
+                metrics.MAINTENANCE_ACTIONS.labels("adopt", "ready").inc()
                 done.append(f"adopted {preview.id} (ready)")
         return done
+
+    async def census(self) -> None:
+        """Set the gauges of what exists now (previews by state, our machines by region and state)
+        and count the machine time of live previews since the last census, by how it was spent:
+        booting, running with activity in the last minute, running idle (what idle costs)."""
+        counts = await self._store.count_previews()
+        for state in PreviewState:
+            metrics.PREVIEWS.labels(state.value).set(counts.get(state, 0))
+        machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
+        metrics.MACHINES.clear()
+        for machine in machines:
+            metrics.MACHINES.labels(self._provider.name, machine.region, machine.state.value).inc()
+        now = self._clock.now()
+        live = await self._store.list_previews(states=LIVE_STATES)
+        for preview in live:
+            since = self._accounted.get(preview.id, preview.created_at)
+            self._accounted[preview.id] = now
+            seen = max(preview.last_activity_at, self._seen.get(preview.id, preview.last_activity_at))
+            if preview.state in BOOTING_STATES:
+                spent = "booting"
+            else:
+                spent = "running_active" if now - seen < ACTIVE_WITHIN else "running_idle"
+            metrics.MACHINE_SECONDS.labels(spent).inc(max(0.0, (now - since).total_seconds()))
+        for gone in self._accounted.keys() - {p.id for p in live}:
+            del self._accounted[gone]
 
     async def stop_all(self, reason: str) -> None:
         """Stop this replica's live previews (and any nobody owns); other replicas' run on."""

@@ -225,6 +225,13 @@ class Store:
             return [_preview(row) for row in (await conn.execute(query)).mappings()]
 
     @_whole
+    async def count_previews(self) -> dict[PreviewState, int]:
+        """How many previews are in each state (states with none are absent)."""
+        query = sa.select(previews.c.state, sa.func.count()).group_by(previews.c.state)
+        async with self._engine.connect() as conn:
+            return {PreviewState(state): count for state, count in await conn.execute(query)}
+
+    @_whole
     async def update_preview(
         self,
         preview_id: str,
