@@ -295,8 +295,11 @@ class Runtime:
 
 
 def instance_id(settings: Settings) -> str:
-    """This replica's name among those on the database: the Fly machine's id on Fly (a restarted
-    machine picks up its own previews' work), elsewhere the host and process."""
+    """This replica's name among those on the database: ``VELOCITY_INSTANCE_ID``, or the Fly machine's
+    id on Fly (either kept across restarts, so a restarted replica picks up its own previews' work at
+    once), elsewhere the host and process (a restart waits an interval for the old one's to pass)."""
+    if settings.velocity_instance_id:
+        return settings.velocity_instance_id
     if settings.fly_machine_id:
         return settings.fly_machine_id
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"

@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     max_project_bytes: int = Field(
         50 << 20, ge=1024, description="MAX_PROJECT_BYTES: largest project snapshot"
     )
+    velocity_instance_id: str | None = Field(
+        None,
+        description="VELOCITY_INSTANCE_ID: this replica's name, kept across restarts (default: FLY_MACHINE_ID, else host, pid and a random suffix)",
+    )
     local_sandbox_uid: int = Field(
         65534,
         ge=1,

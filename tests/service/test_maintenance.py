@@ -94,3 +94,15 @@ async def test_a_booting_preview_left_by_a_previous_orchestrator_is_adopted(worl
     done = await maintenance_pass(world.service)
     assert done == [f"adopted {preview.id} (booting)"]
     assert (await world.service.settled(preview.id, timeout=5)).state == PreviewState.READY
+
+
+async def test_a_stop_cut_short_by_a_crash_is_finished_with_the_machine_that_came_late(world: World) -> None:
+    """A process died between ``stopping`` and ``stopped``, its create's machine arriving after the
+    stop began (so the row names none): the next pass destroys that machine and stops the preview."""
+    preview_id = await ready_preview(world)
+    machine_id = (await world.store.get_preview(preview_id)).machine_id
+    await world.store.update_preview(preview_id, state=PreviewState.STOPPING, machine_id=None)
+    done = await maintenance_pass(world.service)
+    assert f"finished stopping {preview_id}" in done
+    assert (await world.store.get_preview(preview_id)).state == PreviewState.STOPPED
+    assert (await world.provider.get(machine_id or "")).state == MachineState.DESTROYED

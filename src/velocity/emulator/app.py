@@ -9,6 +9,7 @@ under ``/v1`` exists that Fly does not have.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections import Counter
@@ -90,9 +91,17 @@ class FlyEmulator:
         self.faults = faults or Faults()
         self.machines_api = MachinesAPI(self.fleet, self._faults, default_region=default_region, owner=OWNER)
         self.asgi = Starlette(routes=self._routes(), lifespan=self._lifespan)
+        # Changes being made: as Fly's API, the emulator finishes a call whose caller has gone.
+        self._in_flight = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.asgi(scope, receive, send)
+
+    async def quiet(self) -> None:
+        """Until no call that changes machines is being answered (one whose caller has gone too)."""
+        await self._quiet.wait()
 
     @property
     def faults(self) -> Faults:
@@ -161,6 +170,18 @@ class FlyEmulator:
     def _endpoint(self, action: str, handler: Handler, *, app_wide: bool) -> Handler:
         async def endpoint(request: Request) -> Response:
             self.stats.calls[action] += 1
+            if request.method == "GET":  # reads change nothing (and a wait may last a minute)
+                return await answer(request)
+            self._in_flight += 1
+            self._quiet.clear()
+            try:
+                return await answer(request)
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._quiet.set()
+
+        async def answer(request: Request) -> Response:
             try:
                 self._authenticate(request)
                 params = request.path_params

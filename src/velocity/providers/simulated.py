@@ -47,8 +47,11 @@ class SimulatedProvider:
         *,
         clock: Clock | None = None,
         failing_images: frozenset[str] = frozenset(),
+        agent_url: str | None = None,
     ) -> None:
         self.latencies = latencies or SimulatedLatencies()
+        # Where every machine's agent answers: a stand-in that says it serves (None: nowhere).
+        self.agent_url = agent_url
         self._clock = clock or SystemClock()
         self._failing_images = failing_images
         self._records: dict[str, _Record] = {}
@@ -136,6 +139,8 @@ class SimulatedProvider:
         return self._record(machine_id).log[-tail:]
 
     def endpoint(self, machine: Machine) -> AgentEndpoint:
+        if self.agent_url is not None:
+            return AgentEndpoint(base_url=self.agent_url)
         record = self._records.get(machine.id)
         port = record.port if record else 8080
         return AgentEndpoint(base_url=f"http://{machine.id}.simulated.invalid:{port}")

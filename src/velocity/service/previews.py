@@ -396,16 +396,23 @@ class PreviewService:
         await self._await_ready(booting, machine)
 
     async def _await_ready(self, preview: Preview, machine: Machine) -> None:
-        endpoint = self._agent_endpoint(preview.id, machine)
+        try:
+            await self._serving(preview, machine)
+        except ProviderError as exc:
+            # The machine failed to start, or the provider cannot say where its agent listens.
+            await self.fail(preview.id, f"its machine did not start: {exc.message}")
+
+    async def _serving(self, preview: Preview, machine: Machine) -> None:
         deadline = preview.created_at + self.limits.readiness
-        if machine.state != MachineState.STARTED:
-            # One long wait on the provider (Fly's Machines API ``wait``) rather than polling the
-            # agent of a machine that is not running yet.
-            with contextlib.suppress(Unavailable, NotFound):
-                remaining = (deadline - self._clock.now()).total_seconds()
-                await self._provider.wait(
-                    machine.id, state=MachineState.STARTED, timeout=max(1.0, min(remaining, 60.0))
-                )
+        # One long wait on the provider (Fly's Machines API ``wait``) rather than polling the agent
+        # of a machine that is not running yet; at once for one that runs (an adopted machine),
+        # whose agent's address some providers learn only so.
+        with contextlib.suppress(Unavailable, NotFound):
+            remaining = (deadline - self._clock.now()).total_seconds()
+            await self._provider.wait(
+                machine.id, state=MachineState.STARTED, timeout=max(1.0, min(remaining, 60.0))
+            )
+        endpoint = self._agent_endpoint(preview.id, machine)
         retry = AGENT_RETRY_SECONDS
         checked = self._clock.now()
         while True:
@@ -510,7 +517,17 @@ class PreviewService:
         )
         if stopping is None:
             return await self._store.get_preview(preview.id)
-        self._stop_reasons[preview.id] = end_reason(reason)
+        self._stop_reasons[preview.id] = end_reason(reason)  # also: this process is stopping it
+        try:
+            return await self._finish_stop(stopping)
+        finally:
+            self._stop_reasons.pop(preview.id, None)
+
+    def _stopping(self, preview_id: str) -> bool:
+        return preview_id in self._stop_reasons
+
+    async def _finish_stop(self, stopping: Preview) -> Preview:
+        """From ``stopping``: keep the last log lines, destroy the machine, ``stopped``."""
         # Kept with the row, so `previews logs` still shows how it ended once the machine is gone.
         lines: tuple[str, ...] = ()
         with contextlib.suppress(TimeoutError):
@@ -518,14 +535,14 @@ class PreviewService:
                 lines = await self._last_lines(stopping)
         await self._release(stopping)
         stopped = await self._update(
-            preview.id,
+            stopping.id,
             expect={PreviewState.STOPPING},
             state=PreviewState.STOPPED,
             updated_at=self._clock.now(),
             detail="machine destroyed",
             failure_logs=lines,
         )
-        return stopped or await self._store.get_preview(preview.id)
+        return stopped or await self._store.get_preview(stopping.id)
 
     async def _release(self, preview: Preview) -> None:
         self._tasks.cancel(f"launch:{preview.id}")
@@ -613,7 +630,18 @@ class PreviewService:
         for preview in live:
             if preview.owner in others:
                 continue
-            if self._tasks.running(f"launch:{preview.id}") or preview.state == PreviewState.STOPPING:
+            if preview.state == PreviewState.STOPPING:
+                # A stop its replica did not finish (killed between the two writes): finish it.
+                if preview.owner not in (None, self._instance) or not self._stopping(preview.id):
+                    # Its machine may have come after the stop began (a create in flight then).
+                    made = by_preview.get(preview.id)
+                    if preview.machine_id is None and made is not None:
+                        preview = replace(preview, machine_id=made.id)
+                    await self._finish_stop(preview)
+                    metrics.MAINTENANCE_ACTIONS.labels("stop", "unfinished").inc()
+                    done.append(f"finished stopping {preview.id}")
+                continue
+            if self._tasks.running(f"launch:{preview.id}"):
                 continue
             found = by_preview.get(preview.id)
             if found is None or found.state in STOPPED_OR_BEYOND:
