@@ -61,9 +61,15 @@ def _until_done(work: Coroutine[Any, Any, None]) -> None:
         raise typer.Exit(1) from None
 
 
-# Loggers whose INFO lines are for -v: one per egress connection, Alembic's migration chatter, one
-# per HTTP call the orchestrator makes.
-CHATTY = ("httpx", "alembic", "velocity.egress")
+# Loggers whose lines are for -v: one per egress connection, Alembic's migration chatter, one per
+# HTTP call the orchestrator makes, one per retry of a Fly call (the metrics count them).
+# Without -v, each shows only from the level given here.
+CHATTY = {
+    "httpx": logging.WARNING,
+    "alembic": logging.WARNING,
+    "velocity.egress": logging.WARNING,
+    "stamina": logging.ERROR,  # its retries are WARNINGs
+}
 Verbose = Annotated[
     int, typer.Option("--verbose", "-v", count=True, help="more log lines (-v: each connection; -vv: debug)")
 ]
@@ -78,8 +84,8 @@ DataDir = Annotated[
 def _logging(verbose: int = 0) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(level if verbose else logging.WARNING)
+    for name, quiet in CHATTY.items():
+        logging.getLogger(name).setLevel(level if verbose else quiet)
 
 
 def _listen_settings(host: str | None, port: int | None, data_dir: Path | None) -> Settings:
