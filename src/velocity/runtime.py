@@ -33,6 +33,7 @@ from velocity.service import AgentClient, PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
 from velocity.service.channels import ChannelAccess, client_key, from_previews
 from velocity.service.events import PreviewEvents
+from velocity.service.rows import RecentRows
 from velocity.settings import ProviderKind, Settings
 from velocity.store import Store
 
@@ -167,7 +168,9 @@ class Runtime:
         agents = agents or AgentClient()
         monitor = LoopMonitor(clock, instance_id(settings))
         replica = Replica(store, clock, monitor, interval=settings.cleanup_interval_seconds)
+        rows = RecentRows(store)  # what the router reads per request, shared by access and routing
         previews = PreviewService(
+            rows=rows,
             store=store,
             provider=provider,
             agents=agents,
@@ -176,9 +179,9 @@ class Runtime:
             clock=clock,
             instance=monitor.instance,
         )
-        projects = ProjectService(store=store, clock=clock, max_bytes=settings.max_project_bytes)
+        projects = ProjectService(store=store, clock=clock, max_bytes=settings.max_project_bytes, rows=rows)
         await projects.adopt_legacy_snapshots(settings.data_dir / "projects")
-        access = PreviewAccess(store=store, issuer=issuer, settings=settings, clock=clock)
+        access = PreviewAccess(store=store, issuer=issuer, settings=settings, clock=clock, rows=rows)
         return cls(
             settings,
             store,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import Orchestrator
 from tests.api.test_previews_api import import_project
 from velocity.metrics import REGISTRY
+from velocity.service.rows import ROW_TTL_SECONDS
 
 
 def sample(name: str, **labels: str) -> float:
@@ -65,3 +70,38 @@ async def test_a_preview_s_life_shows_in_the_metrics(orchestrator: Orchestrator)
     assert sample("velocity_previews", state="ready") == 0
     assert sample("velocity_previews", state="stopped") == 1
     assert sample("velocity_preview_ends_total", state="stopped", reason="deleted") == deleted + 1
+
+
+async def test_the_router_does_not_read_the_database_on_every_request(
+    orchestrator: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty requests to a ready preview (a page's modules) read its row and its project at most
+    once a second each (before: three to five reads per request); a change the service makes is
+    seen at the next request."""
+    await import_project(orchestrator, "busy")
+    created = await orchestrator.client.post(
+        "/v1/previews", json={"project_id": "busy"}, headers=orchestrator.auth()
+    )
+    preview = created.json()
+    await orchestrator.runtime.previews.settled(preview["id"], timeout=5)
+    store = orchestrator.runtime.store
+    reads: list[str] = []
+    for name in ("find_preview", "get_preview", "get_project"):
+        original = getattr(store, name)
+
+        async def counted(*args: object, _original: Any = original, _name: str = name) -> object:
+            reads.append(_name)
+            return await _original(*args)
+
+        monkeypatch.setattr(store, name, counted)
+    host = {**orchestrator.auth(), "host": f"{preview['id']}.preview.localhost"}
+    started = time.monotonic()
+    answers = [await orchestrator.client.get(f"/src/m{n}.js", headers=host) for n in range(40)]
+    seconds = time.monotonic() - started
+    # The fake machines have no dev server behind them: each request is routed, admitted and
+    # proxied, and the proxy answers 502 for the missing upstream.
+    assert {a.status_code for a in answers} == {502}
+    assert len(reads) <= 2 * (int(seconds / ROW_TTL_SECONDS) + 1), (reads, seconds)
+    await orchestrator.client.delete(f"/v1/previews/{preview['id']}", headers=orchestrator.auth())
+    after = await orchestrator.client.get("/", headers=host)
+    assert after.status_code == 410, after.text

@@ -11,6 +11,7 @@ from velocity.auth import Caller, TokenIssuer
 from velocity.auth.tokens import ACCESS_AUDIENCE, SESSION_AUDIENCE
 from velocity.clock import Clock
 from velocity.domain import NotFound, Preview, Unauthorized
+from velocity.service.rows import RecentRows
 from velocity.settings import Settings
 from velocity.store import Store
 
@@ -32,8 +33,17 @@ class Session:
 
 
 class PreviewAccess:
-    def __init__(self, *, store: Store, issuer: TokenIssuer, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        issuer: TokenIssuer,
+        settings: Settings,
+        clock: Clock,
+        rows: RecentRows | None = None,
+    ) -> None:
         self._store = store
+        self._rows = rows or RecentRows(store)
         self._issuer = issuer
         self._settings = settings
         self._clock = clock
@@ -79,11 +89,11 @@ class PreviewAccess:
 
     async def is_open(self, preview_id: str) -> bool:
         """Whether anyone may open the preview (public, or no such preview: routing answers that)."""
-        preview = await self._store.find_preview(preview_id)
+        preview = await self._rows.preview(preview_id)
         # No such preview, or one that has ended: routing answers 404 or 410, which says more.
         if preview is None or not preview.is_live or self._settings.preview_access == "public":
             return True
-        return await self._public(preview.project_id)
+        return await self._rows.public(preview.project_id)
 
     def session_valid(self, preview_id: str, session: str) -> bool:
         try:
@@ -94,7 +104,7 @@ class PreviewAccess:
 
     async def check(self, preview_id: str, *, session: str | None, caller: Caller | None) -> None:
         """Let the request through, or raise ``Unauthorized`` saying how to get in."""
-        preview = await self._store.find_preview(preview_id)
+        preview = await self._rows.preview(preview_id)
         if preview is None:
             return  # routing answers "no such preview"
         if await self.is_open(preview_id):
@@ -108,9 +118,3 @@ class PreviewAccess:
             "this preview is private: open it with the link its owner's editor shows "
             "(the API's access_url), or send the owner's bearer token"
         )
-
-    async def _public(self, project_id: str) -> bool:
-        try:
-            return (await self._store.get_project(project_id)).public
-        except NotFound:
-            return False

@@ -50,6 +50,7 @@ from velocity.providers.base import (
     MachineProvider,
 )
 from velocity.service.agent_client import AgentClient
+from velocity.service.rows import RecentRows
 from velocity.service.tasks import TaskSet
 from velocity.settings import Settings
 from velocity.store import Store
@@ -100,6 +101,7 @@ class PreviewService:
         settings: Settings,
         clock: Clock,
         instance: str = "local",
+        rows: RecentRows | None = None,
     ) -> None:
         self._store = store
         self._provider = provider
@@ -108,6 +110,7 @@ class PreviewService:
         self._settings = settings
         self._clock = clock
         self._instance = instance
+        self._rows = rows or RecentRows(store)
         self.limits = Limits(
             lifetime=timedelta(seconds=settings.lifetime_seconds),
             idle=timedelta(seconds=settings.idle_timeout_seconds),
@@ -237,7 +240,7 @@ class PreviewService:
     # --- routing ---------------------------------------------------------------------------------
     async def route(self, preview_id: str, *, wait: float) -> AgentEndpoint:
         """Where to send a request for ``preview_id``; waits up to ``wait`` s for one still booting."""
-        preview = await self._store.find_preview(preview_id)
+        preview = await self._rows.preview(preview_id)
         if preview is None:
             raise NotFound(f"no preview {preview_id}")
         if preview.state in BOOTING_STATES:
@@ -563,6 +566,7 @@ class PreviewService:
     async def _update(self, preview_id: str, **changes: Any) -> Preview | None:
         """Every state change of the service goes through here, so waiters hear of it."""
         updated = await self._store.update_preview(preview_id, **changes)
+        self._rows.forget(preview_id)
         for waiter in self._waiters.get(preview_id, ()):
             waiter.set()
         if updated is not None and not updated.is_live and "state" in changes:

@@ -12,6 +12,7 @@ from velocity.clock import Clock
 from velocity.domain import BadRequest, Forbidden, NotFound, Project
 from velocity.projects import dependencies_key, legacy_snapshots, read_snapshot
 from velocity.service.previews import require_owner_or_agent
+from velocity.service.rows import RecentRows
 from velocity.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ def check_project_id(project_id: str) -> str:
 
 
 class ProjectService:
-    def __init__(self, *, store: Store, clock: Clock, max_bytes: int) -> None:
+    def __init__(self, *, store: Store, clock: Clock, max_bytes: int, rows: RecentRows | None = None) -> None:
         self._store = store
+        self._rows = rows
         self._clock = clock
         self._max_bytes = max_bytes
 
@@ -53,7 +55,7 @@ class ProjectService:
         now = self._clock.now()
         # The store decides ownership and writes the snapshot in one transaction (another first
         # import may have won since the check above), so a refused import touches nothing.
-        return await self._store.save_project(
+        saved = await self._store.save_project(
             Project(
                 id=project_id,
                 owner_id=caller.subject,
@@ -67,6 +69,9 @@ class ProjectService:
             snapshot=snapshot.data,
             dependencies_key=key,
         )
+        if self._rows is not None:
+            self._rows.forget_project(project_id)  # the router sees a change of ``public`` at once
+        return saved
 
     async def adopt_legacy_snapshots(self, root: Path) -> int:
         """Move the snapshot files an earlier version kept under ``root`` into the database (once:
