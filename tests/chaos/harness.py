@@ -98,6 +98,9 @@ class Orchestrator:
 
     async def kill(self) -> None:
         assert self.process is not None
+        assert self.process.returncode is None, (
+            f"the orchestrator ended by itself ({self.process.returncode}): {self.log.read_text()[-4000:]}"
+        )
         self.process.send_signal(signal.SIGKILL)
         await self.process.wait()
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -587,6 +588,8 @@ class LocalSandboxProvider:
             try:
                 record = json.loads((home / "machine.json").read_text())
             except (FileNotFoundError, ValueError):
+                if home.is_dir() and not home.name.startswith("."):
+                    self._abandon(home)
                 continue
             machine_id = record["id"]
             pid = record.get("pid")
@@ -606,6 +609,20 @@ class LocalSandboxProvider:
                 self._cache_users.setdefault(cache, set()).add(machine_id)
         if self._pending_adoptions:
             log.info("found %d running sandboxes from an earlier run", len(self._pending_adoptions))
+
+    def _abandon(self, home: Path) -> None:
+        """A sandbox whose create an earlier orchestrator did not finish (killed before it wrote
+        ``machine.json``): no preview knows it, so whatever it started goes, with its disks."""
+        log.warning("removing sandbox %s, whose start an earlier run did not finish", home.name)
+        if self._cgroup_version is not None:
+            group = cgroups.attach(home.name, version=self._cgroup_version)
+            group.kill_all()
+            deadline = time.monotonic() + 2.0
+            while group.pids() and time.monotonic() < deadline:
+                time.sleep(0.02)  # at start, once: the killed processes leave within milliseconds
+            with contextlib.suppress(OSError):
+                group.remove()
+        disks.discard(home)
 
     async def start_watching(self) -> None:
         """Watch adopted sandboxes for exit (needs the running loop, so not in ``__init__``)."""
