@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.api.test_previews_api import APP
+from tests.e2e.harness import QuietServer
 from tests.store.conftest import postgres_store
 from velocity.auth import TokenIssuer
 from velocity.emulator import Faults, FlyEmulator
@@ -42,19 +43,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Quiet(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
-
-
 @asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[tuple[str, Quiet]]:
+async def serving(app: Any) -> AsyncIterator[tuple[str, QuietServer]]:
     """``app`` on a loopback port; the socket listens first, so early requests wait in its backlog."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     # Long-polls of a killed orchestrator (a machine wait lasts up to 60 s) do not hold up the end.
-    server = Quiet(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
@@ -109,7 +105,7 @@ class Orchestrator:
             await self.kill()
 
 
-async def finished(server: Quiet, emulator: FlyEmulator) -> None:
+async def finished(server: QuietServer, emulator: FlyEmulator) -> None:
     """Until the emulator has read every request the dead process sent (its connections closed)
     and finished every change among them."""
     async with asyncio.timeout(30):
@@ -181,7 +177,7 @@ async def check(
 class World:
     orchestrator: Orchestrator
     emulator: FlyEmulator
-    fly_server: Quiet
+    fly_server: QuietServer
     database: str
     tokens: dict[str, str]  # user: token
     operator: str

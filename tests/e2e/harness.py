@@ -207,7 +207,7 @@ class EmulatedFly:
             await self.emulator.fleet.wait(machine, frozenset({"destroyed"}), after_event=None)
 
 
-class _QuietServer(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """Leaves the test process's signal handlers alone."""
 
     @contextmanager
@@ -228,7 +228,7 @@ async def emulated_fly(*, npm_cache: Path) -> AsyncIterator[EmulatedFly]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    server = _QuietServer(uvicorn.Config(emulator, lifespan="on", log_level="warning"))
+    server = QuietServer(uvicorn.Config(emulator, lifespan="on", log_level="warning"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield EmulatedFly(emulator, f"http://127.0.0.1:{sock.getsockname()[1]}", root / "sandboxes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from velocity.clock import Clock
 
@@ -52,11 +52,8 @@ class LoopMonitor:
         """No loop failing, and none silent for more than three of its intervals."""
         now = self._clock.now()
         for loop in self.loops.values():
-            if loop.state == "failing":
-                return False
-            stale = loop.last_success_at is not None and now - loop.last_success_at > timedelta(
-                seconds=3 * loop.interval
-            )
-            if loop.state == "ok" and stale:
+            last = loop.last_success_at
+            silent = last is not None and (now - last).total_seconds() > 3 * loop.interval
+            if loop.state == "failing" or (loop.state == "ok" and silent):
                 return False
         return True

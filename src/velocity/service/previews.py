@@ -129,7 +129,7 @@ class PreviewService:
         # Activity seen by this process and not yet written: the reaper counts it too.
         self._seen: dict[str, datetime] = {}
         self._end_hooks: list[Callable[[Preview], None]] = []
-        self._stop_reasons: dict[str, str] = {}  # for the metrics: why each stop in flight stops
+        self._stopping: set[str] = set()  # previews this process is stopping now
         self._accounted: dict[str, datetime] = {}  # machine-seconds counted up to, per live preview
 
     def on_end(self, hook: Callable[[Preview], None]) -> None:
@@ -520,16 +520,13 @@ class PreviewService:
         )
         if stopping is None:
             return await self._store.get_preview(preview.id)
-        self._stop_reasons[preview.id] = end_reason(reason)  # also: this process is stopping it
+        self._stopping.add(preview.id)
         try:
-            return await self._finish_stop(stopping)
+            return await self._finish_stop(stopping, why=end_reason(reason))
         finally:
-            self._stop_reasons.pop(preview.id, None)
+            self._stopping.discard(preview.id)
 
-    def _stopping(self, preview_id: str) -> bool:
-        return preview_id in self._stop_reasons
-
-    async def _finish_stop(self, stopping: Preview) -> Preview:
+    async def _finish_stop(self, stopping: Preview, *, why: str | None = None) -> Preview:
         """From ``stopping``: keep the last log lines, destroy the machine, ``stopped``."""
         # Kept with the row, so `previews logs` still shows how it ended once the machine is gone.
         lines: tuple[str, ...] = ()
@@ -544,6 +541,7 @@ class PreviewService:
             updated_at=self._clock.now(),
             detail="machine destroyed",
             failure_logs=lines,
+            why=why,
         )
         return stopped or await self._store.get_preview(stopping.id)
 
@@ -563,18 +561,16 @@ class PreviewService:
             # The reconciler destroys machines that no live preview owns on its next pass.
             log.warning("destroying machine %s failed (%s); the reconciler will retry", machine_id, exc)
 
-    async def _update(self, preview_id: str, **changes: Any) -> Preview | None:
-        """Every state change of the service goes through here, so waiters hear of it."""
+    async def _update(self, preview_id: str, *, why: str | None = None, **changes: Any) -> Preview | None:
+        """Every state change of the service goes through here, so waiters hear of it. ``why``: the
+        kind of end an ending change is counted as (by default, its ``detail``'s)."""
         updated = await self._store.update_preview(preview_id, **changes)
         self._rows.forget(preview_id)
         for waiter in self._waiters.get(preview_id, ()):
             waiter.set()
         if updated is not None and not updated.is_live and "state" in changes:
-            reason = end_reason(str(changes.get("detail") or ""))
-            if updated.state == PreviewState.STOPPED:  # the stop's reason is on its stopping step
-                reason = self._stop_reasons.pop(preview_id, reason)
-            metrics.PREVIEW_ENDS.labels(updated.state.value, reason).inc()
-            self._accounted.pop(preview_id, None)
+            kind = why or end_reason(str(changes.get("detail") or ""))
+            metrics.PREVIEW_ENDS.labels(updated.state.value, kind).inc()
         if updated is not None and not updated.is_live:
             for hook in self._end_hooks:
                 hook(updated)
@@ -636,7 +632,7 @@ class PreviewService:
                 continue
             if preview.state == PreviewState.STOPPING:
                 # A stop its replica did not finish (killed between the two writes): finish it.
-                if preview.owner not in (None, self._instance) or not self._stopping(preview.id):
+                if preview.owner not in (None, self._instance) or preview.id not in self._stopping:
                     # Its machine may have come after the stop began (a create in flight then).
                     made = by_preview.get(preview.id)
                     if preview.machine_id is None and made is not None:
@@ -689,7 +685,12 @@ class PreviewService:
         for machine in machines:
             metrics.MACHINES.labels(self._provider.name, machine.region, machine.state.value).inc()
         now = self._clock.now()
-        live = await self._store.list_previews(states=LIVE_STATES)
+        # This replica's previews only: each replica's counters add up to the whole, not a multiple.
+        live = [
+            p
+            for p in await self._store.list_previews(states=LIVE_STATES)
+            if p.owner in (None, self._instance)
+        ]
         for preview in live:
             since = self._accounted.get(preview.id, preview.created_at)
             self._accounted[preview.id] = now

@@ -15,6 +15,7 @@ from velocity.domain import NotFound, Preview
 from velocity.store import Store
 
 ROW_TTL_SECONDS = 1.0
+PRUNE_AT = 10_000  # copies kept before the expired ones are dropped
 
 
 class RecentRows:
@@ -33,6 +34,8 @@ class RecentRows:
         if preview is None:
             self._previews.pop(preview_id, None)
         else:
+            if len(self._previews) >= PRUNE_AT:  # copies of previews nobody asks for any more
+                self._previews = {k: v for k, v in self._previews.items() if v[0] > now}
             self._previews[preview_id] = (now + self._ttl, preview)
         return preview
 
@@ -45,6 +48,8 @@ class RecentRows:
             public = (await self._store.get_project(project_id)).public
         except NotFound:
             public = False
+        if len(self._public) >= PRUNE_AT:
+            self._public = {k: v for k, v in self._public.items() if v[0] > now}
         self._public[project_id] = (now + self._ttl, public)
         return public
 
