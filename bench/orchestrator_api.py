@@ -61,7 +61,7 @@ from velocity.auth import Caller
 from velocity.emulator import Faults, FlyEmulator
 from velocity.fly import FlyClient, RateLimiter
 from velocity.fly.machine_config import MachinePlan
-from velocity.fly.ratelimit import Rate
+from velocity.fly.ratelimit import UNLIMITED
 from velocity.providers.base import MachineProvider
 from velocity.providers.fly import FlyProvider
 from velocity.providers.simulated import SimulatedProvider
@@ -73,7 +73,7 @@ APP = "velocity-preview-containers"
 TOKEN = "bench-token"
 RESULTS = Path(__file__).parent / "results" / "orchestrator_api.json"
 SETUPS = ("fly-emulator", "direct")
-NO_LIMIT = Rate(1e9, 1_000_000)
+NO_LIMIT = UNLIMITED
 
 
 def project_archive() -> bytes:
@@ -108,7 +108,7 @@ class Orchestrator:
 async def orchestrator(*, setup: str, fly_limits: bool = False) -> AsyncIterator[Orchestrator]:
     """A fresh orchestrator on 127.0.0.1:<free port> with simulated machines, behind the emulator or not."""
     data = Path(tempfile.mkdtemp(prefix="vp-bench-"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     port = sock.getsockname()[1]

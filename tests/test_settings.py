@@ -83,7 +83,20 @@ def test_on_fly_the_preview_app_must_be_named_and_no_secret_is_echoed(
         load_settings(_env_file=None)
     assert "fo1_not-to-be-printed" not in raised.value.message
     monkeypatch.setenv("VELOCITY_FLY_APP_NAME", "velocity-preview-containers")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://velocity@db.flycast:5432/velocity")
     assert load_settings(_env_file=None).fly_app_name == "velocity-preview-containers"
+
+
+def test_on_fly_the_database_must_be_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kit runs two orchestrator machines: on a SQLite file each would have its own previews and
+    destroy the other's machines as orphans, and the file goes with every deploy. Refused at start."""
+    monkeypatch.setenv("FLY_MACHINE_ID", "148e21ea7d1e89")
+    monkeypatch.setenv("PREVIEW_PROVIDER", "fly")
+    monkeypatch.setenv("VELOCITY_FLY_APP_NAME", "velocity-preview-containers")
+    with pytest.raises(ConfigError, match="DATABASE_URL must be set on Fly"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://velocity@db.flycast:5432/velocity")
+    assert load_settings(_env_file=None).sqlalchemy_url.startswith("postgresql+asyncpg://")
 
 
 def test_the_agent_and_the_project_s_code_must_be_two_uids(monkeypatch: pytest.MonkeyPatch) -> None:

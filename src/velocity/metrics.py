@@ -62,7 +62,7 @@ MACHINE_SECONDS = Counter(
 MAINTENANCE_ACTIONS = Counter(
     "velocity_maintenance_actions_total",
     "What the reaper and the reconciler did, by action (stop, fail, destroy, adopt) and reason "
-    "(lifetime, idle, failed_boot, orphan, machine_gone, booting, ready)",
+    "(lifetime, idle, failed_boot, orphan, stuck, machine_gone, booting, ready)",
     ["action", "reason"],
     registry=REGISTRY,
 )

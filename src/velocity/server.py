@@ -228,7 +228,9 @@ class LoopFailed(RuntimeError):
 def bind(settings: Settings) -> tuple[socket.socket, Settings]:
     """Listen on VELOCITY_HOST:VELOCITY_PORT; with port 0 the settings learn the port chosen."""
     family = socket.AF_INET6 if ":" in settings.velocity_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections of sockets that say TCP, and
+    # without it each keep-alive response written in two parts waits 40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.velocity_host, settings.velocity_port))
     sock.listen(2048)

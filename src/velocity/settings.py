@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="FLY_AGENT_ROUTE: how agents are reached: private-network (<id>.vm.<app>.internal) "
         "or emulator (the Fly emulator says where its sandbox listens)",
     )
+    fly_api_rate_limits: bool = Field(
+        True,
+        description="FLY_API_RATE_LIMITS: pace Machines API calls to Fly's documented rates; false only "
+        "against an emulator run with --no-rate-limits (load benchmarks)",
+    )
     fly_machine_id: str | None = Field(
         None,
         description="FLY_MACHINE_ID: set by Fly on its machines; there, with PREVIEW_PROVIDER=fly, the "
@@ -102,6 +107,12 @@ class Settings(BaseSettings):
     )
     container_cleanup_interval_minutes: float = Field(
         5, gt=0, description="CONTAINER_CLEANUP_INTERVAL_MINUTES: reaper and reconciler period"
+    )
+    stuck_machine_minutes: float = Field(
+        60,
+        gt=0,
+        description="STUCK_MACHINE_MINUTES: a machine of ours this long in a transient state (starting, "
+        "stopping, destroying...) is destroyed and reported",
     )
     preview_create_rate_per_minute: float = Field(
         20, gt=0, description="PREVIEW_CREATE_RATE_PER_MINUTE: preview creates a user may make per minute"
@@ -241,6 +252,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "VELOCITY_FLY_APP_NAME must be set on Fly: FLY_APP_NAME there is this orchestrator's own app "
                 f"({self.fly_app_name!r}); set it to the preview machines' app, e.g. velocity-preview-containers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_database_on_fly(self) -> Settings:
+        """On Fly the default SQLite file would live on one machine's disk, gone at the next deploy,
+        and the kit's two orchestrator machines would each take the other's preview machines for
+        orphans: the database must be named (PostgreSQL for two or more machines)."""
+        if self.fly_machine_id and self.preview_provider == ProviderKind.FLY and not self.database_url:
+            raise ValueError(
+                "DATABASE_URL must be set on Fly: the orchestrator's machines share their previews through "
+                "it (PostgreSQL; `fly secrets set DATABASE_URL=postgresql://...`, docs/deploy-fly.md step 7)"
             )
         return self
 

@@ -65,6 +65,7 @@ async def on_fly(tmp_path: Path) -> AsyncIterator[OnFly]:
         preview_access="public",
         velocity_fly_app_name=PREVIEW_APP,
         fly_machine_id=ORCHESTRATOR_MACHINE,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'velocity.db'}",
         fly_agent_route="private-network",
         _env_file=None,  # type: ignore[call-arg]
     )

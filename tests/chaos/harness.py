@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -46,7 +47,7 @@ def free_port() -> int:
 @asynccontextmanager
 async def serving(app: Any) -> AsyncIterator[tuple[str, QuietServer]]:
     """``app`` on a loopback port; the socket listens first, so early requests wait in its backlog."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     # Long-polls of a killed orchestrator (a machine wait lasts up to 60 s) do not hold up the end.
@@ -73,8 +74,10 @@ def stand_in_agent() -> Starlette:
 
 
 class Orchestrator:
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log: Path, *, keep_previews: bool = True) -> None:
         self.env = env
+        # ``--keep-previews``: a stop leaves the previews running for the next start to adopt.
+        self.arguments = ["serve", "--keep-previews"] if keep_previews else ["serve"]
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
@@ -82,7 +85,7 @@ class Orchestrator:
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                VELOCITY, "serve", "--keep-previews", env=self.env, stdout=log, stderr=log
+                VELOCITY, *self.arguments, env=self.env, stdout=log, stderr=log
             )
         async with httpx.AsyncClient() as client, asyncio.timeout(30):
             while True:
@@ -116,13 +119,46 @@ async def finished(server: QuietServer, emulator: FlyEmulator) -> None:
             await asyncio.sleep(0.01)  # uvicorn offers no event for a closed connection
 
 
-async def import_projects(url: str, tokens: dict[str, str], projects: int) -> None:
+async def traffic(
+    url: str, tokens: dict[str, str], operator: str, rng: random.Random, projects: int
+) -> list[int]:
+    """What users and the reaper do at once: creates (some beyond the quota), deletes, passes; the
+    status of every answer that came before the kill."""
+    statuses: list[int] = []
+
+    async def answered(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    hooks = {"response": [answered]}
+    async with httpx.AsyncClient(base_url=url, timeout=10, event_hooks=hooks) as client:
+
+        async def user(name: str, token: str) -> None:
+            auth = {"authorization": f"Bearer {token}"}
+            for _ in range(4):
+                if rng.random() < 0.6:
+                    project = f"{name}-{rng.randrange(projects)}"
+                    await client.post("/v1/previews", json={"project_id": project}, headers=auth)
+                else:
+                    listed = (await client.get("/v1/previews", headers=auth)).json().get("previews", [])
+                    live = [p for p in listed if p["state"] not in ("stopped", "failed")]
+                    if live:
+                        await client.delete(f"/v1/previews/{rng.choice(live)['id']}", headers=auth)
+
+        async def reaper() -> None:
+            await client.post("/v1/admin/maintenance", headers={"authorization": f"Bearer {operator}"})
+
+        with suppress(httpx.HTTPError):
+            await asyncio.gather(*(user(n, t) for n, t in tokens.items()), reaper())
+    return statuses
+
+
+async def import_projects(url: str, tokens: dict[str, str], projects: int, archive: bytes = APP) -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         for name, token in tokens.items():
             for n in range(projects):
                 answer = await client.put(
                     f"/v1/projects/{name}-{n}",
-                    content=APP,
+                    content=archive,
                     headers={"authorization": f"Bearer {token}", "content-type": "application/gzip"},
                 )
                 assert answer.status_code == 200, answer.text

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from contextlib import suppress
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.chaos.harness import finished, world
+from tests.chaos.harness import finished, traffic, world
 from velocity.emulator import Faults
 
 pytestmark = pytest.mark.e2e
@@ -31,37 +29,6 @@ PROJECTS = 3  # per user
 LIMIT = 2  # MAX_CONTAINERS_PER_USER: below PROJECTS, so the quota is tested too
 
 
-async def traffic(url: str, tokens: dict[str, str], operator: str, rng: random.Random) -> list[int]:
-    """What users and the reaper do at once: creates (some beyond the quota), deletes, passes; the
-    status of every answer that came before the kill."""
-    statuses: list[int] = []
-
-    async def answered(response: httpx.Response) -> None:
-        statuses.append(response.status_code)
-
-    hooks = {"response": [answered]}
-    async with httpx.AsyncClient(base_url=url, timeout=10, event_hooks=hooks) as client:
-
-        async def user(name: str, token: str) -> None:
-            auth = {"authorization": f"Bearer {token}"}
-            for _ in range(4):
-                if rng.random() < 0.6:
-                    project = f"{name}-{rng.randrange(PROJECTS)}"
-                    await client.post("/v1/previews", json={"project_id": project}, headers=auth)
-                else:
-                    listed = (await client.get("/v1/previews", headers=auth)).json().get("previews", [])
-                    live = [p for p in listed if p["state"] not in ("stopped", "failed")]
-                    if live:
-                        await client.delete(f"/v1/previews/{rng.choice(live)['id']}", headers=auth)
-
-        async def reaper() -> None:
-            await client.post("/v1/admin/maintenance", headers={"authorization": f"Bearer {operator}"})
-
-        with suppress(httpx.HTTPError):
-            await asyncio.gather(*(user(n, t) for n, t in tokens.items()), reaper())
-    return statuses
-
-
 async def test_an_orchestrator_killed_at_random_points_leaves_no_leak_after_one_pass(tmp_path: Path) -> None:
     faults = Faults(enforce_rate_limits=False)
     async with world(tmp_path, users=USERS, projects=PROJECTS, limit=LIMIT, faults=faults) as chaos:
@@ -69,7 +36,7 @@ async def test_an_orchestrator_killed_at_random_points_leaves_no_leak_after_one_
         rng = random.Random(SEED)
         for iteration in range(ITERATIONS):
             where = f"seed {SEED}, iteration {iteration}"
-            load = asyncio.create_task(traffic(orchestrator.url, chaos.tokens, chaos.operator, rng))
+            load = asyncio.create_task(traffic(orchestrator.url, chaos.tokens, chaos.operator, rng, PROJECTS))
             await asyncio.sleep(rng.uniform(0.0, 0.4))
             await orchestrator.kill()
             # Its calls fail now (connection refused or reset), and the users give up.

@@ -242,10 +242,10 @@ def test_the_image_starts_the_agent_the_way_the_local_sandbox_does() -> None:
 
 
 def test_a_deploy_keeps_the_previews_running() -> None:
-    """The kit deploys one orchestrator machine (``fly deploy`` makes two by default, and two on the
-    default SQLite would be two databases, each reaping the other's machines); a second is the
-    operator's choice once DATABASE_URL is PostgreSQL. The image's ``serve`` leaves previews running
-    on the SIGTERM every deploy sends, for the next machine to adopt."""
+    """The kit deploys two orchestrator machines (``fly deploy``'s default, never ``--ha=false``),
+    one at a time (``--strategy rolling``: the other serves meanwhile); the settings refuse Fly
+    without DATABASE_URL, so the two share PostgreSQL. The image's ``serve`` leaves previews running
+    on the SIGTERM every deploy sends, for the replicas to adopt."""
     assert exec_form(ORCHESTRATOR_DOCKERFILE, "CMD") == ["velocity", "serve", "--keep-previews"]
     guide_commands = re.findall(r"^```bash\n(.*?)^```", GUIDE.read_text(encoding="utf-8"), re.M | re.S)
     deploys = [
@@ -256,7 +256,7 @@ def test_a_deploy_keeps_the_previews_running() -> None:
     ]
     assert deploys
     for line in deploys:
-        assert "--ha=false" in line, line
+        assert "--ha=false" not in line and "--strategy rolling" in line, line
 
 
 def test_user_code_runs_as_an_unprivileged_user() -> None:

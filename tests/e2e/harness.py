@@ -225,7 +225,7 @@ async def emulated_fly(*, npm_cache: Path) -> AsyncIterator[EmulatedFly]:
     root = Path(tempfile.mkdtemp(prefix="vp-fly-"))
     provider = LocalSandboxProvider(SandboxOptions(root=root / "sandboxes", npm_cache=npm_cache))
     emulator = FlyEmulator(provider, tokens=[FLY_TOKEN], health=probe_http)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     server = QuietServer(uvicorn.Config(emulator, lifespan="on", log_level="warning"))

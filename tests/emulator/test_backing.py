@@ -182,5 +182,9 @@ async def test_the_fly_provider_learns_agent_endpoints_from_the_emulator(backed:
     started = await provider.wait(machine.id, state=MachineState.STARTED, timeout=5)
     endpoint = provider.endpoint(started)
     assert endpoint.base_url.startswith("http://sim-") and endpoint.base_url.endswith(":9000")
+    # Another replica, which never waited for this machine, learns the endpoint when it looks it up.
+    other = FlyProvider(emulator_client(backed), plan, agent_route="emulator")
+    assert other.endpoint(await other.get(machine.id)) == endpoint
     await provider.destroy(machine.id)
     await provider.aclose()
+    await other.aclose()

@@ -208,7 +208,7 @@ async def test_long_waits_never_hold_the_connections_other_calls_need(tmp_path: 
             Route("/v1/apps/{app}/machines/{machine}", get),
         ]
     )
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.service.world import ALICE, World
 from velocity.domain import MachineSpec, MachineState, PreviewState
 from velocity.loops import maintenance_pass
+from velocity.metrics import REGISTRY
 from velocity.providers.base import META_OWNER, META_PREVIEW_ID, OWNER_VALUE
 
 
@@ -106,3 +109,92 @@ async def test_a_stop_cut_short_by_a_crash_is_finished_with_the_machine_that_cam
     assert f"finished stopping {preview_id}" in done
     assert (await world.store.get_preview(preview_id)).state == PreviewState.STOPPED
     assert (await world.provider.get(machine_id or "")).state == MachineState.DESTROYED
+
+
+async def test_a_machine_stuck_in_a_transient_state_for_an_hour_is_destroyed_and_reported(
+    world: World,
+) -> None:
+    """Fly left an orphan half-destroyed: the reconciler does not destroy a destroying machine again,
+    until it has been destroying for STUCK_MACHINE_MINUTES (the seed guide's hour): then it forces it."""
+    orphan = await world.provider.create(
+        MachineSpec(
+            image="x",
+            memory_mb=512,
+            cpus=1,
+            cpu_kind="shared",
+            internal_port=8080,
+            env={},
+            metadata={META_OWNER: OWNER_VALUE, META_PREVIEW_ID: "gonegonegone"},
+        )
+    )
+    await world.provider.set_state(orphan.id, MachineState.DESTROYING)
+    await world.clock.advance(59 * 60)
+    assert await maintenance_pass(world.service) == []
+    await world.clock.advance(60)
+    counted = {"action": "destroy", "reason": "stuck"}
+    before = REGISTRY.get_sample_value("velocity_maintenance_actions_total", counted) or 0.0
+    done = await maintenance_pass(world.service)
+    assert done == [f"destroyed stuck machine {orphan.id} (destroying for 60 min)"]
+    assert (await world.provider.get(orphan.id)).state == MachineState.DESTROYED
+    assert REGISTRY.get_sample_value("velocity_maintenance_actions_total", counted) == before + 1
+
+
+async def test_a_preview_whose_machine_is_stuck_fails_saying_so(world: World) -> None:
+    """A ready preview's machine went into a restart that never ends: after the hour the preview
+    fails with the reason and the machine is destroyed; nothing else is touched."""
+    stuck_id = await ready_preview(world, "alice-one")
+    fine_id = await ready_preview(world, "alice-two")
+    await world.service.close()  # no watchers: only the reconciler looks
+    machine_id = (await world.store.get_preview(stuck_id)).machine_id or ""
+    await world.provider.set_state(machine_id, MachineState.STARTING)
+    for _ in range(4):
+        await world.clock.advance(15 * 60)
+        world.service.record_activity(stuck_id)
+        world.service.record_activity(fine_id)
+    done = await world.service.reconcile()
+    assert f"destroyed stuck machine {machine_id} (starting for 60 min)" in done
+    stuck = await world.store.get_preview(stuck_id)
+    assert stuck.state == PreviewState.FAILED
+    assert (
+        stuck.failure_reason == f"its machine {machine_id} was stuck (starting for 60 min) and was destroyed"
+    )
+    assert (await world.provider.get(machine_id)).state == MachineState.DESTROYED
+    assert (await world.store.get_preview(fine_id)).state == PreviewState.READY
+
+
+async def test_a_machine_made_after_the_machine_list_was_read_is_not_taken_for_gone(world: World) -> None:
+    """The pass lists machines before it reads the rows (so a machine made meanwhile is no orphan);
+    a preview whose create finished in between is missing from that list, and is asked about, not failed."""
+    preview_id = await ready_preview(world)
+    listed_before_the_create: list[object] = []
+
+    async def stale_list(**_: object) -> list[object]:
+        return listed_before_the_create
+
+    world.provider.list = stale_list  # type: ignore[method-assign,assignment]
+    assert await world.service.reconcile() == []
+    assert (await world.store.get_preview(preview_id)).state == PreviewState.READY
+
+
+async def test_a_launch_that_finished_while_the_pass_ran_is_not_taken_for_gone(world: World) -> None:
+    """The pass read a row while its machine was being created (no machine yet, none listed), and
+    the launch finished before the pass reached it: the pass reads the row again, finds the machine."""
+    preview_id = await ready_preview(world)
+    while_provisioning = replace(
+        await world.store.get_preview(preview_id), state=PreviewState.PROVISIONING, machine_id=None
+    )
+
+    async def rows_read_then(**_: object) -> list[object]:
+        return [while_provisioning]
+
+    async def machines_listed_then(**_: object) -> list[object]:
+        return []
+
+    real_rows = world.store.list_previews
+    world.provider.list = machines_listed_then  # type: ignore[method-assign,assignment]
+    world.store.list_previews = rows_read_then  # type: ignore[method-assign,assignment]
+    try:
+        assert await world.service.reconcile() == []
+    finally:
+        world.store.list_previews = real_rows  # type: ignore[method-assign]
+    assert (await world.store.get_preview(preview_id)).state == PreviewState.READY

@@ -44,12 +44,14 @@ def _inherited(fd: int) -> socket.socket:
 
 def _listen_tcp(port: int) -> socket.socket:
     """``[::]`` with IPV6_V6ONLY off answers both Fly's private network (6PN, IPv6 only) and its proxy
-    (IPv4); a kernel without IPv6 gets ``0.0.0.0``."""
+    (IPv4); a kernel without IPv6 gets ``0.0.0.0``. IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only
+    on connections of sockets that say TCP, and without it every keep-alive response the router asks
+    for waits 40 ms for a delayed ACK."""
     family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError:
-        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         if family == socket.AF_INET6:

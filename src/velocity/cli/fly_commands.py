@@ -70,6 +70,10 @@ def fly_emulator(
         list[str] | None, typer.Option("--token", help="Accepted tokens; any when unset.")
     ] = None,
     no_rate_limits: Annotated[bool, typer.Option(help="Do not answer 429 past Fly's limits.")] = False,
+    agent_url: Annotated[
+        str | None,
+        typer.Option(help="Where every simulated machine's agent answers (with FLY_AGENT_ROUTE=emulator)."),
+    ] = None,
 ) -> None:
     """Serve the Machines API emulator (FLY_API_BASE_URL=http://HOST:PORT points clients at it)."""
     import uvicorn
@@ -89,7 +93,9 @@ def fly_emulator(
         chosen = replace(chosen, enforce_rate_limits=False)
     provider: MachineProvider
     if backend == "simulated":
-        provider = SimulatedProvider(SimulatedLatencies(create=create_seconds, boot=boot_seconds))
+        provider = SimulatedProvider(
+            SimulatedLatencies(create=create_seconds, boot=boot_seconds), agent_url=agent_url
+        )
         health = None
     elif backend == "local":
         from velocity.runtime import make_provider

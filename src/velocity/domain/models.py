@@ -70,6 +70,12 @@ class Machine:
     private_ip: str | None = None
     # Why the machine stopped, when it stopped on its own (exit status, out of memory...).
     exit_reason: str | None = None
+    # When it last changed state (``None``: not known, count from ``created_at``).
+    updated_at: datetime | None = None
+
+    @property
+    def in_state_since(self) -> datetime:
+        return self.updated_at or self.created_at
 
 
 @dataclass(frozen=True, slots=True)

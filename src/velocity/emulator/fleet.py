@@ -79,7 +79,8 @@ class Fleet:
         self.health = health
         self.failing_images: frozenset[str] = frozenset()
         self.machines: dict[str, EmulatedMachine] = {}
-        self.changed = asyncio.Condition()
+        # One per machine: a change wakes the waits for that machine, not those for every other one.
+        self._changed: dict[str, asyncio.Condition] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- what the API asks for ------------------------------------------------------------------
@@ -131,8 +132,9 @@ class Fleet:
                 return machine.state, machine.events[0]["id"] if machine.events else None
             return None
 
-        async with self.changed:
-            await self.changed.wait_for(lambda: reached() is not None)
+        changed = self._changed.setdefault(machine.id, asyncio.Condition())
+        async with changed:
+            await changed.wait_for(lambda: reached() is not None)
         found = reached()
         assert found is not None
         return found
@@ -347,8 +349,12 @@ class Fleet:
         del machine.events[50:]  # Fly keeps a bounded history
         machine.state = state
         machine.updated_at = now
-        async with self.changed:
-            self.changed.notify_all()
+        changed = self._changed.get(machine.id)
+        if state == "destroyed":
+            self._changed.pop(machine.id, None)  # its waiters hold it; a new wait finds it destroyed
+        if changed is not None:
+            async with changed:
+                changed.notify_all()
 
 
 def runtime_env(machine: EmulatedMachine) -> dict[str, str]:

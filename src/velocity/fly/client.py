@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,7 +25,7 @@ from velocity import metrics
 from velocity.clock import Clock, SystemClock
 from velocity.domain import ConfigError, NotFound, ProviderError, RateLimited, Unavailable
 from velocity.fly.errors import MaybeApplied, error_from_response, error_from_transport
-from velocity.fly.ratelimit import RateLimiter
+from velocity.fly.ratelimit import UNLIMITED, RateLimiter
 from velocity.fly.types import (
     AppJSON,
     CreateAppRequest,
@@ -41,6 +42,9 @@ from velocity.fly.types import (
 )
 from velocity.providers.base import META_CREATE_TAG
 from velocity.settings import Settings
+
+# Clients the machine waits are spread over (see ``FlyClient.__init__``).
+WAIT_POOLS = 32
 
 NONCE_HEADER = "fly-machine-lease-nonce"
 # The client keeps 10% under Fly's documented rates: Fly's buckets start when our first call lands,
@@ -99,7 +103,7 @@ class FlyClient:
         self,
         http: httpx.AsyncClient,
         *,
-        waits: httpx.AsyncClient | None = None,
+        waits: Sequence[httpx.AsyncClient] = (),
         app: str,
         token: str,
         clock: Clock | None = None,
@@ -108,7 +112,10 @@ class FlyClient:
     ) -> None:
         self.app = app
         self._http = http
-        self._waits = waits or http
+        # Machine waits (long-polls, one open per watched machine) spread over these clients by
+        # machine id: httpcore scans a pool's every connection on each request and response, so one
+        # pool of 10,000 waits costs a core on its own, while pools of a few hundred cost nothing.
+        self._waits = tuple(waits) or (http,)
         self._authorization = authorization_header(token)
         self._clock = clock or SystemClock()
         self._limiter = limiter or RateLimiter(self._clock, scale=CLIENT_MARGIN)
@@ -120,22 +127,32 @@ class FlyClient:
     ) -> FlyClient:
         if settings.fly_api_token is None or not settings.fly_api_token.get_secret_value().strip():
             raise ConfigError("FLY_API_TOKEN is not set; see docs/fly.md#tokens")
-        waits = None
+        waits: list[httpx.AsyncClient] = []
         if http is None:
-            http = httpx.AsyncClient(base_url=settings.fly_api_base_url, timeout=httpx.Timeout(30.0))
-            # No cap: each watched machine holds one; the server, not our pool, bounds them.
-            waits = httpx.AsyncClient(
-                base_url=settings.fly_api_base_url,
-                timeout=httpx.Timeout(30.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
-            )
+            # No pool timeout: a burst's calls queue for a connection in order; each preview's
+            # readiness deadline (CONTAINER_TIMEOUT_SECONDS), not the pool, says when it is too late.
+            timeout = httpx.Timeout(30.0, pool=None)
+            tls = httpx.create_ssl_context()
+            http = httpx.AsyncClient(base_url=settings.fly_api_base_url, timeout=timeout, verify=tls)
+            # No cap: each watched machine holds one; the server, not our pools, bounds them.
+            waits = [
+                httpx.AsyncClient(
+                    base_url=settings.fly_api_base_url,
+                    timeout=timeout,
+                    verify=tls,
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+                )
+                for _ in range(WAIT_POOLS)
+            ]
         token = settings.fly_api_token.get_secret_value()
-        return cls(http, waits=waits, app=settings.fly_app_name, token=token, clock=clock)
+        limiter = None if settings.fly_api_rate_limits else RateLimiter(clock, rates={}, default=UNLIMITED)
+        return cls(http, waits=waits, app=settings.fly_app_name, token=token, clock=clock, limiter=limiter)
 
     async def aclose(self) -> None:
         await self._http.aclose()
-        if self._waits is not self._http:
-            await self._waits.aclose()
+        for waits in self._waits:
+            if waits is not self._http:
+                await waits.aclose()
 
     # --- apps and tokens ------------------------------------------------------------------------
     async def get_app(self, app: str | None = None) -> AppJSON:
@@ -372,7 +389,9 @@ class FlyClient:
                 await self._limiter.acquire(action, key)
                 metrics.FLY_RATE_WAIT.labels(action).inc(time.monotonic() - waited)
                 try:
-                    http = self._waits if action == "wait" else self._http
+                    http = self._http
+                    if action == "wait":
+                        http = self._waits[zlib.crc32(key.encode()) % len(self._waits)]
                     response = await http.request(
                         method, path, params=params, json=json,
                         headers={"authorization": self._authorization, **(headers or {})},

@@ -26,6 +26,8 @@ class Rate:
 
 DEFAULT_RATE = Rate(1.0, 3)
 FLY_RATES: Mapping[str, Rate] = {"get": Rate(5.0, 10)}
+# No pacing at all: for an emulator that enforces no limits.
+UNLIMITED = Rate(1e9, 1_000_000_000)
 
 # Buckets that have refilled are indistinguishable from new ones; dropping them keeps memory flat.
 _PRUNE_ABOVE = 4096

@@ -154,7 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
     emulator, _ = build(args)
     resolver = await dns.serve(directory(emulator, args), DNS_ADDRESS, 53)
     listeners = [socket.socket(fileno=fd) for fd in args.listen_fd]
-    own = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    own = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     own.bind((API_ADDRESS, API_PORT))
     listeners.append(own)

@@ -602,7 +602,9 @@ def main(argv: list[str] | None = None) -> None:
     listeners = [socket.socket(fileno=fd) for fd in args.listen_fd]
     for where in args.listen:
         host, _, port = where.rpartition(":")
-        own = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        own = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
         own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         own.bind((host.strip("[]"), int(port)))
         listeners.append(own)

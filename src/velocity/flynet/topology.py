@@ -89,6 +89,9 @@ class Topology:
             # the topology's own
             "FLY_API_BASE_URL": "http://_api.internal:4280",
             "VELOCITY_DATA_DIR": str(self.data / "orchestrator"),
+            # `fly secrets set DATABASE_URL`: PostgreSQL on Fly; one orchestrator machine here, on a
+            # SQLite file (the topology's namespaces reach no database server).
+            "DATABASE_URL": f"sqlite+aiosqlite:///{self.data / 'orchestrator' / 'velocity.db'}",
             "VELOCITY_PUBLIC_URL": f"http://{PUBLIC_HOST}",
         }
         return env
@@ -251,7 +254,7 @@ async def topology(*, root: Path, data: Path, npm_cache: Path) -> AsyncIterator[
 
 
 def _loopback_listener() -> tuple[socket.socket, str]:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(512)

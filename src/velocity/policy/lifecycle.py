@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from velocity.domain import Machine, Preview, PreviewState
+from velocity.domain import Machine, MachineState, Preview, PreviewState
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,8 @@ class Limits:
     # A replica not heard from for this long has stopped (CONTAINER_CLEANUP_INTERVAL_MINUTES: it beats
     # three times an interval), and its previews' work passes to the leader.
     replica_timeout: timedelta = timedelta(minutes=5)
+    # A machine in a transient state this long is stuck (STUCK_MACHINE_MINUTES; the seed guide's hour).
+    stuck_after: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,29 @@ def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) ->
     ]
 
 
+# States a machine passes through on its way somewhere; staying in one is being stuck.
+TRANSIENT_STATES = frozenset(
+    {
+        MachineState.CREATED,
+        MachineState.STARTING,
+        MachineState.STOPPING,
+        MachineState.SUSPENDING,
+        MachineState.DESTROYING,
+    }
+)
+
+
+def stuck_machines(machines: Iterable[Machine], now: datetime, after: timedelta) -> list[tuple[Machine, str]]:
+    """Machines in a transient state for ``after`` or longer, each with how long, in words: Fly
+    bills them, and no preview is served by one."""
+    stuck = []
+    for machine in machines:
+        spent = now - machine.in_state_since
+        if machine.state in TRANSIENT_STATES and spent >= after:
+            stuck.append((machine, f"{machine.state} for {int(spent.total_seconds() // 60)} min"))
+    return stuck
+
+
 # Why previews end, as the metrics count them: the first phrase a reason contains names its kind.
 END_REASONS = (
     ("deleted", "deleted"),
@@ -69,6 +94,7 @@ END_REASONS = (
     ("not serving within", "failed_boot"),
     ("agent reported failure", "failed_boot"),
     ("could not create a machine", "create_failed"),
+    ("was stuck", "stuck"),
     ("machine", "machine_gone"),
     ("shutting down", "shutdown"),
 )

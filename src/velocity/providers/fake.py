@@ -42,7 +42,7 @@ class FakeProvider:
         """Move a machine as the backend would on its own (it crashed, it finished starting...)."""
         async with self._changed:
             self._machines[machine_id] = replace(
-                self._machines[machine_id], state=state, exit_reason=exit_reason
+                self._machines[machine_id], state=state, exit_reason=exit_reason, updated_at=self._clock.now()
             )
             self._changed.notify_all()
 
@@ -82,7 +82,7 @@ class FakeProvider:
         return [
             m
             for m in self._machines.values()
-            if not m.state.is_gone and all(m.metadata.get(k) == v for k, v in wanted.items())
+            if m.state != MachineState.DESTROYED and all(m.metadata.get(k) == v for k, v in wanted.items())
         ]
 
     async def wait(self, machine_id: str, *, state: MachineState, timeout: float) -> Machine:

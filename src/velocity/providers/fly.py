@@ -92,10 +92,15 @@ class FlyProvider:
 
     async def get(self, machine_id: str) -> Machine:
         try:
-            return self._remember(machine_from_json(await self.client.get_machine(machine_id)))
+            machine = self._remember(machine_from_json(await self.client.get_machine(machine_id)))
         except NotFound:
             self._known.pop(machine_id, None)
             raise
+        # Another replica may have waited for it to start: this one learns the endpoint now.
+        unknown = self._agent_route == "emulator" and machine_id not in self._emulated_endpoints
+        if unknown and machine.state is MachineState.STARTED:
+            await self._learn_emulated_endpoint(machine_id)
+        return machine
 
     async def list(self, *, metadata: Mapping[str, str] | None = None) -> builtins.list[Machine]:
         machines = await self.client.list_machines(metadata=metadata)
@@ -186,6 +191,7 @@ def machine_from_json(data: MachineJSON) -> Machine:
         region=data.get("region", "unknown"),
         private_ip=data.get("private_ip"),
         exit_reason=_exit_reason(data),
+        updated_at=parse_time(data["updated_at"]) if data.get("updated_at") else None,
     )
 
 

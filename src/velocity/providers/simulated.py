@@ -29,13 +29,15 @@ class SimulatedLatencies:
 
 
 class _Record:
-    __slots__ = ("log", "machine", "port", "task")
+    __slots__ = ("changed", "log", "machine", "port", "task")
 
     def __init__(self, machine: Machine, port: int) -> None:
         self.machine = machine
         self.port = port
         self.task: asyncio.Task[None] | None = None
         self.log: list[str] = []
+        # Its own: a change wakes the waits for this machine, not those for every other one.
+        self.changed = asyncio.Condition()
 
 
 class SimulatedProvider:
@@ -57,7 +59,6 @@ class SimulatedProvider:
         self._records: dict[str, _Record] = {}
         # Destroyed machines are forgotten except for their ids: destroy stays idempotent, memory flat.
         self._destroyed: set[str] = set()
-        self._changed = asyncio.Condition()
 
     async def create(self, spec: MachineSpec) -> Machine:
         await self._pause(self.latencies.create)
@@ -93,8 +94,8 @@ class SimulatedProvider:
             return current in enough or current in (MachineState.FAILED, MachineState.DESTROYED)
 
         try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(settled)
+            async with asyncio.timeout(timeout), record.changed:
+                await record.changed.wait_for(settled)
         except TimeoutError:
             raise Unavailable(
                 f"machine {machine_id} did not reach {state} within {timeout:g}s", delay=0.0
@@ -163,12 +164,14 @@ class SimulatedProvider:
         return record
 
     async def _set(self, record: _Record, state: MachineState, *, exit_reason: str | None = None) -> None:
-        record.machine = replace(record.machine, state=state, exit_reason=exit_reason)
+        record.machine = replace(
+            record.machine, state=state, exit_reason=exit_reason, updated_at=self._clock.now()
+        )
         record.log.append(
             f"{self._clock.now().isoformat()} {state}" + (f": {exit_reason}" if exit_reason else "")
         )
-        async with self._changed:
-            self._changed.notify_all()
+        async with record.changed:
+            record.changed.notify_all()
 
     async def _cancel(self, record: _Record) -> None:
         task, record.task = record.task, None

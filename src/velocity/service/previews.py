@@ -36,7 +36,7 @@ from velocity.domain import (
     Unavailable,
 )
 from velocity.domain.agent_contract import ORIGIN_HEADER
-from velocity.policy import Limits, TokenBuckets, end_reason, machines_to_destroy, verdict
+from velocity.policy import Limits, TokenBuckets, end_reason, machines_to_destroy, stuck_machines, verdict
 from velocity.providers.base import (
     META_CREATE_TAG,
     META_INSTANCE,
@@ -80,6 +80,9 @@ MACHINE_CHECK_SECONDS = 2.0
 # Fly's API can answer 404 for a machine it has just created (flyctl retries that 404): a machine
 # younger than this that is not found is taken as still coming, not as gone.
 NEWBORN_SECONDS = 10.0
+# Machine creates one replica makes at once; the rest wait their turn as ``provisioning``. On Fly the
+# client's pacing (about one create a second per app) is the tighter bound.
+CONCURRENT_CREATES = 64
 
 
 def new_preview_id() -> str:
@@ -117,11 +120,13 @@ class PreviewService:
             readiness=timedelta(seconds=settings.container_timeout_seconds),
             max_per_user=settings.max_containers_per_user,
             replica_timeout=timedelta(seconds=settings.cleanup_interval_seconds),
+            stuck_after=timedelta(minutes=settings.stuck_machine_minutes),
         )
         self._create_rate = TokenBuckets(
             settings.preview_create_rate_per_minute, settings.preview_create_burst
         )
         self._tasks = TaskSet()
+        self._creating = asyncio.Semaphore(CONCURRENT_CREATES)
         # Waiters per preview, woken by every change this service makes to that preview (only).
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._endpoints: dict[str, AgentEndpoint] = {}
@@ -378,21 +383,24 @@ class PreviewService:
         return hashlib.sha256(f"{preview.user_id}\0{key}".encode()).hexdigest()[:32]
 
     async def _launch(self, preview: Preview) -> None:
-        try:
-            spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
-            with metrics.MACHINE_CREATE.labels(self._provider.name).time():
-                machine = await self._provider.create(spec)
-        except PreviewError as exc:
-            await self.fail(preview.id, f"could not create a machine: {exc.message}")
-            return
-        booting = await self._update(
-            preview.id,
-            expect={PreviewState.PROVISIONING},
-            state=PreviewState.BOOTING,
-            machine_id=machine.id,
-            updated_at=self._clock.now(),
-            detail=f"machine {machine.id} created",
-        )
+        # A burst of thousands queues here, in order, rather than as thousands of calls waiting
+        # for the provider's and the database's connections until they time out.
+        async with self._creating:
+            try:
+                spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
+                with metrics.MACHINE_CREATE.labels(self._provider.name).time():
+                    machine = await self._provider.create(spec)
+            except PreviewError as exc:
+                await self.fail(preview.id, f"could not create a machine: {exc.message}")
+                return
+            booting = await self._update(
+                preview.id,
+                expect={PreviewState.PROVISIONING},
+                state=PreviewState.BOOTING,
+                machine_id=machine.id,
+                updated_at=self._clock.now(),
+                detail=f"machine {machine.id} created",
+            )
         if booting is None:  # deleted while the machine was being made
             await self._destroy(machine.id)
             return
@@ -618,6 +626,7 @@ class PreviewService:
         done = []
         machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
         live = await self._store.list_previews(states=LIVE_STATES)
+        done += await self._destroy_stuck(machines, live)
         for machine in machines_to_destroy(machines, live):
             await self._destroy(machine.id)
             metrics.MAINTENANCE_ACTIONS.labels("destroy", "orphan").inc()
@@ -644,6 +653,14 @@ class PreviewService:
             if self._tasks.running(f"launch:{preview.id}"):
                 continue
             found = by_preview.get(preview.id)
+            if found is None:
+                # The list was read before the rows, and the pass takes a while: the row may have
+                # moved on since (a launch that finished, a stop), with a machine the list missed.
+                fresh = await self._store.find_preview(preview.id)
+                if fresh is None or not fresh.is_live or fresh.owner in others:
+                    continue
+                preview = fresh
+                found = await self._made_since(preview)
             if found is None or found.state in STOPPED_OR_BEYOND:
                 reason = "its machine is gone" if found is None else await self._machine_exit(found.id)
                 await self.fail(preview.id, reason or "its machine is gone")
@@ -671,6 +688,36 @@ class PreviewService:
                 self._tasks.start(f"watch:{preview.id}", self._watch(preview, machine.id))
                 metrics.MAINTENANCE_ACTIONS.labels("adopt", "ready").inc()
                 done.append(f"adopted {preview.id} (ready)")
+        return done
+
+    async def _made_since(self, preview: Preview) -> Machine | None:
+        """The machine of a preview that the machine list missed: it is read before the rows (so
+        that a machine made meanwhile is never taken for an orphan), and a create that finished
+        since has a machine the list does not show. ``None``: it is gone indeed."""
+        if preview.machine_id is None:
+            return None
+        try:
+            return await self._provider.get(preview.machine_id)
+        except NotFound:
+            return None
+
+    async def _destroy_stuck(self, machines: list[Machine], live: list[Preview]) -> list[str]:
+        """Destroy (forcibly) machines stuck in a transient state past ``STUCK_MACHINE_MINUTES``, failing
+        the preview one served, and report each; ``machines`` and ``live`` are left without them."""
+        done = []
+        for machine, how_long in stuck_machines(machines, self._clock.now(), self.limits.stuck_after):
+            owner = next((p for p in live if machine.id == p.machine_id), None)
+            log.warning("machine %s is stuck (%s): destroying it", machine.id, how_long)
+            if owner is not None:
+                await self.fail(
+                    owner.id, f"its machine {machine.id} was stuck ({how_long}) and was destroyed"
+                )
+                live.remove(owner)
+            else:
+                await self._destroy(machine.id)
+            machines.remove(machine)
+            metrics.MAINTENANCE_ACTIONS.labels("destroy", "stuck").inc()
+            done.append(f"destroyed stuck machine {machine.id} ({how_long})")
         return done
 
     async def census(self) -> None:

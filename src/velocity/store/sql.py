@@ -116,7 +116,9 @@ class Store:
             engine = create_async_engine(url, connect_args={"timeout": 30})
             _serialise_sqlite_writers(engine)
         else:
-            engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+            # No ping before each use (a round trip per transaction): ``_whole`` replaces a dropped
+            # connection and runs the operation again.
+            engine = create_async_engine(url, pool_size=10, max_overflow=10)
         return cls(engine)
 
     async def migrate(self) -> None:

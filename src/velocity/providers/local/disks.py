@@ -48,12 +48,15 @@ def mount(image: Path, mountpoint: Path) -> None:
 def unmount(mountpoint: Path) -> None:
     """Unmount ``mountpoint`` if it is mounted; lazily when something still holds it open, so its
     loop device goes once the last user does."""
-    if not os.path.ismount(mountpoint):
-        return
-    try:
-        _run("umount", str(mountpoint))
-    except DiskError:
-        _run("umount", "--lazy", str(mountpoint))
+    for command in (("umount",), ("umount", "--lazy")):
+        if not os.path.ismount(mountpoint):
+            return  # (again: something else may have unmounted it meanwhile)
+        try:
+            _run(*command, str(mountpoint))
+            return
+        except DiskError:
+            if command[-1] == "--lazy" and os.path.ismount(mountpoint):
+                raise
 
 
 def discard(directory: Path) -> None:

@@ -100,10 +100,22 @@ class _Uids:
     user: int  # and the group the two share
 
 
+# A unix socket's path is at most 107 bytes (sun_path, without its NUL); the longest a sandbox's
+# directory holds is its egress proxy's.
+UNIX_PATH_MAX = 107
+LONGEST_SOCKET_SUFFIX = "/vm0123456789ab/egress/proxy.sock"
+
+
 class LocalSandboxProvider:
     name = "local"
 
     def __init__(self, options: SandboxOptions) -> None:
+        longest = len(os.fsencode(options.root.resolve())) + len(LONGEST_SOCKET_SUFFIX)
+        if longest > UNIX_PATH_MAX:
+            raise SandboxUnavailable(
+                f"the sandboxes' directory {options.root} is too long for the unix sockets made in it "
+                f"({longest} bytes, at most {UNIX_PATH_MAX}): set VELOCITY_DATA_DIR to a shorter path"
+            )
         self._options = options
         self._modules = ModulesCache(options.modules_cache, entries=options.modules_cache_entries)
         self._bwrap = shutil.which("bwrap")
@@ -144,6 +156,7 @@ class LocalSandboxProvider:
         self._pending_adoptions: list[tuple[str, int]] = []
         self._changed = asyncio.Condition()
         self._cache_locks: dict[Path, asyncio.Lock] = {}
+        self._destroy_locks: dict[str, asyncio.Lock] = {}
         self._cache_users: dict[Path, set[str]] = {}  # mounted npm caches, and the machines using each
         options.root.mkdir(parents=True, exist_ok=True)
         # The users' caches are the sandboxes' to write; the directory holding them is not.
@@ -295,6 +308,13 @@ class LocalSandboxProvider:
             group.kill_all()
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
+        # One destroy of a sandbox at a time (a stop and a reconcile may ask at once); the second
+        # finds it destroyed.
+        async with self._destroy_locks.setdefault(machine_id, asyncio.Lock()):
+            await self._destroy_once(machine_id, force=force)
+        self._destroy_locks.pop(machine_id, None)
+
+    async def _destroy_once(self, machine_id: str, *, force: bool) -> None:
         machine = self._machines.get(machine_id)
         if machine is None or machine.state == MachineState.DESTROYED:
             return
