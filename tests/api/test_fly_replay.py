@@ -180,6 +180,7 @@ def test_previews_are_replayed_only_by_a_fly_orchestrator_running_on_fly(
             "fly_machine_id": None,
             "fly_agent_route": "private-network",
             "velocity_fly_app_name": "velocity-preview-containers",
+            "database_url": "postgresql://velocity@db.flycast:5432/velocity",
             **overrides,
         },
         _env_file=None,
