@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from velocity.agent import guest
+from velocity.agent.boot import no_project
+from velocity.agent.config import AgentConfig
 from velocity.agent.guest import AGENT_UID, agent_command, agent_environment, orchestrator_elements
 from velocity.agent.identity import UserCode
 from velocity.agent.machine_egress import allowlist
@@ -61,3 +70,56 @@ def test_the_machine_s_proxy_allows_what_the_orchestrator_passed_or_the_registry
     assert allowlist({"SUPABASE_URL": "https://abc.supabase.co"}) == ("registry.npmjs.org", "abc.supabase.co")
     # The orchestrator standing in for Supabase is on the private network: the project's code may not.
     assert allowlist({"SUPABASE_URL": "http://velocity.internal:8000"}) == ("registry.npmjs.org",)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the entrypoint's policy is applied as root")
+def test_the_orchestrator_s_name_is_resolved_before_the_firewall_keeps_root_from_the_resolver(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Once loaded, the firewall lets only the agent's uid reach Fly's resolver: the entrypoint
+    (root) looks the orchestrator up first, then loads the rules, then adds its address."""
+    calls: list[tuple[str, ...]] = []
+
+    def resolve(host: str, port: int, *_: Any) -> list[Any]:
+        calls.append(("resolve", host))
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fdaa:0:1:a7b::2", port, 0, 0))]
+
+    monkeypatch.setattr(guest, "_nft", lambda *args: calls.append(("nft", *args)))
+    monkeypatch.setattr(guest.socket, "getaddrinfo", resolve)
+    snapshot = "http://velocity-orchestrator.internal:8000/v1/projects/p/snapshot"
+    guest.apply_policy({"SNAPSHOT_URL": snapshot, "WORKSPACE": str(tmp_path / "w")}, USER)
+    assert [call[:2] for call in calls] == [
+        ("resolve", "velocity-orchestrator.internal"),
+        ("nft", "-f"),
+        ("nft", "add"),
+    ]
+    assert calls[2][-1] == "{ fdaa:0:1:a7b::2 . 8000 }"
+
+
+def test_without_cap_net_admin_the_policy_error_says_what_to_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = subprocess.CompletedProcess(
+        ["nft"],
+        1,
+        "",
+        "/etc/velocity/firewall.nft:67:3-52: Error: Could not process rule: Operation not permitted",
+    )
+    monkeypatch.setattr(guest.subprocess, "run", lambda *a, **k: refused)
+    with pytest.raises(guest.PolicyError, match=r"without CAP_NET_ADMIN .*--cap-add NET_ADMIN"):
+        guest._nft("-f", "/etc/velocity/firewall.nft")
+
+
+def test_an_image_run_with_neither_a_snapshot_nor_a_project_says_there_is_nothing_to_preview(
+    tmp_path: Path,
+) -> None:
+    config = AgentConfig.from_env({"PROJECT_ID": "test", "WORKSPACE": str(tmp_path)})
+    assert no_project(config) == (
+        f"no project to preview: SNAPSHOT_URL is not set and {tmp_path} holds no package.json (the "
+        "orchestrator sets SNAPSHOT_URL on each preview machine; to try the image alone, mount a "
+        f"project at {tmp_path})"
+    )
+    (tmp_path / "package.json").write_text("{}")
+    assert no_project(config) is None
+    with_snapshot = AgentConfig.from_env(
+        {"PROJECT_ID": "test", "WORKSPACE": str(tmp_path / "empty"), "SNAPSHOT_URL": "http://[::1]:1/s"}
+    )
+    assert no_project(with_snapshot) is None

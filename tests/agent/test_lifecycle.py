@@ -155,6 +155,16 @@ async def test_sigterm_stops_the_agent_and_its_dev_server(agent: Agent) -> None:
     assert await gone(node_pid)
 
 
+async def test_a_failed_agent_asked_to_stop_exits_0_after_saying_why(start_agent: AgentFactory) -> None:
+    """A stop (SIGTERM) is not a failure: the exit status says the machine was stopped, /health
+    has already said why the preview failed."""
+    async with start_agent(AGENT_TOKEN="wrong", AGENT_LINGER_SECONDS="60") as agent:
+        await agent.serving()
+        assert "HTTP 401" in (await agent.health()).json()["detail"]
+        agent.process.send_signal(signal.SIGTERM)
+        assert await agent.exit_code() == 0
+
+
 async def test_a_snapshot_with_a_parent_path_is_refused(
     start_agent: AgentFactory, snapshots: SnapshotServer
 ) -> None:

@@ -31,10 +31,17 @@ class Boot:
 
 def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
     result = Boot()
+    missing = no_project(config)
     if config.policy_error is not None:
         # The machine could not be made safe for the project's code, so none of it runs.
         result.error = f"the machine's network policy could not be applied: {config.policy_error}"
+        if missing is not None:
+            result.error += f"; and {missing}"
         logs.agent(f"failed: {result.error}")
+        return result
+    if missing is not None:
+        result.error = missing
+        logs.agent(f"failed: {missing}")
         return result
     try:
         if config.snapshot_url is not None:
@@ -60,3 +67,15 @@ def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
         result.error = exc.message
         logs.agent(f"failed: {exc.message}")
     return result
+
+
+def no_project(config: AgentConfig) -> str | None:
+    """Why there is nothing to preview, when neither a snapshot nor the workspace holds a project
+    (the image run on its own, as the deployment guide's first test runs it)."""
+    if config.snapshot_url is not None or (config.workspace / "package.json").exists():
+        return None
+    return (
+        f"no project to preview: SNAPSHOT_URL is not set and {config.workspace} holds no package.json "
+        "(the orchestrator sets SNAPSHOT_URL on each preview machine; to try the image alone, "
+        f"mount a project at {config.workspace})"
+    )

@@ -6,7 +6,8 @@ Runs as root (``python -m velocity.agent.guest``), before anything of the projec
    uid goes out, to the orchestrator, Fly's DNS and public addresses; every other uid reaches
    loopback alone (its dev server and the agent's egress proxy);
 2. adds the orchestrator's private addresses and port (``SNAPSHOT_URL``'s host, resolved through
-   Fly's DNS) to the firewall's ``orchestrator`` set;
+   Fly's DNS before the firewall loads, since it lets no uid but the agent's reach the resolver) to
+   the firewall's ``orchestrator`` set;
 3. gives the workspace to the project's user (``AGENT_USER``, shared group, setgid);
 4. executes the agent as ``AGENT_UID`` with ``CAP_SETUID``, ``CAP_SETGID`` and ``CAP_KILL`` alone
    (ambient, bounded), the egress proxy in the machine (``AGENT_EGRESS=machine``) and the proxy
@@ -49,8 +50,9 @@ def apply_policy(env: Mapping[str, str], user: UserCode) -> None:
             f"the entrypoint runs as uid {os.geteuid()}, not root, so it cannot load the firewall"
         )
     firewall = Path(env.get("AGENT_FIREWALL") or FIREWALL)
-    _nft("-f", str(firewall))
+    # Resolved first: once loaded, the firewall lets only the agent's uid reach Fly's resolver.
     orchestrator = orchestrator_elements(env.get("SNAPSHOT_URL", ""))
+    _nft("-f", str(firewall))
     if orchestrator:
         _nft("add", "element", "inet", "velocity", "orchestrator", "{ " + ", ".join(orchestrator) + " }")
     workspace = Path(env.get("WORKSPACE") or os.getcwd())
@@ -83,7 +85,13 @@ def _nft(*args: str) -> None:
     except OSError as exc:
         raise PolicyError(f"nft cannot run: {exc}") from exc
     if done.returncode != 0:
-        raise PolicyError(f"nft {args[0]} failed: {done.stderr.strip()[-300:]}")
+        if "Operation not permitted" in done.stderr:
+            raise PolicyError(
+                "the firewall cannot be loaded without CAP_NET_ADMIN (a Fly machine's root has it; "
+                "with docker or podman run, add --cap-add NET_ADMIN)"
+            )
+        first = done.stderr.strip().splitlines()[:3]
+        raise PolicyError(f"nft {args[0]} failed: {' '.join(line.strip() for line in first)[:300]}")
 
 
 def agent_environment(env: MutableMapping[str, str], user: UserCode, failure: str | None) -> None:

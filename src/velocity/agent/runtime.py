@@ -72,6 +72,8 @@ async def run(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(config.linger_seconds):
                 await stopping.wait()
+    if stopping.is_set():
+        code = ExitCode.OK  # asked to stop: /health has said why the preview failed, if it did
     logs.agent(f"stopping (exit code {int(code)})")
     status.close()
     # Together: Fly sends SIGKILL 5 s after SIGTERM by default, and each may take a few seconds.

@@ -4,7 +4,8 @@
 Run inside the API node's namespace (``python -m velocity.flynet.api``, by ``topology``). A
 machine's sandbox runs the agent exactly as the preview image's CMD does, listening on ``[::]`` at
 the service's port, with Fly's runtime environment (``FLY_PRIVATE_IP``...); it shares its
-machine's network, as a process in a Firecracker guest does. ``GET /_flynet/machines/{id}`` tells
+machine's network, as a process in a Firecracker guest does. With ``--image``, each machine is the
+preview image itself, run by podman in that namespace (``velocity.flynet.images``). ``GET /_flynet/machines/{id}`` tells
 the edge where a machine is on the proxy network (Fly's proxy knows; the Machines API does not say).
 """
 
@@ -29,8 +30,9 @@ from velocity.domain import MachineSpec
 from velocity.emulator import FlyEmulator
 from velocity.emulator.health import probe_http
 from velocity.flynet import dns
-from velocity.flynet.fabric import API_ADDRESS, DNS_ADDRESS, PROXY_NETWORK, Fabric
-from velocity.providers.base import AgentEndpoint
+from velocity.flynet.fabric import API_ADDRESS, DNS_ADDRESS, NETNS_RUN, PROXY_NETWORK, Fabric
+from velocity.flynet.images import ImageMachines
+from velocity.providers.base import AgentEndpoint, MachineProvider
 from velocity.providers.local import LocalSandboxProvider, SandboxOptions
 
 API_PORT = 4280
@@ -83,6 +85,9 @@ class MachineNetwork:
         placed = self._placed[machine_id]
         return AgentEndpoint(base_url=f"http://[{placed.private_ip}]:{placed.port}")
 
+    def namespace(self, machine_id: str) -> Path:
+        return NETNS_RUN / self._fabric.namespace(self._placed[machine_id].node)
+
     def find(self, fly_id: str) -> Placement | None:
         return next((p for p in self._placed.values() if p.fly_id == fly_id), None)
 
@@ -91,14 +96,18 @@ def build(args: argparse.Namespace) -> tuple[FlyEmulator, MachineNetwork]:
     fabric = Fabric(args.fabric, nodes={})
     network = MachineNetwork(fabric)
     data = Path(args.data_dir)
-    provider = LocalSandboxProvider(
-        SandboxOptions(
-            root=data / "sandboxes",
-            npm_cache=Path(args.npm_cache),
-            modules_cache=None,
-            attachment=network,
+    provider: MachineProvider
+    if args.image:
+        provider = ImageMachines(network, args.image, fabric=args.fabric, data=data / "machines")
+    else:
+        provider = LocalSandboxProvider(
+            SandboxOptions(
+                root=data / "sandboxes",
+                npm_cache=Path(args.npm_cache),
+                modules_cache=None,
+                attachment=network,
+            )
         )
-    )
     emulator = FlyEmulator(provider, apps=args.app, tokens=[args.token], health=probe_http)
 
     async def where(request: Request) -> JSONResponse:
@@ -180,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         "--machine", action="append", default=[], help="ID/APP/REGION/PRIVATE_IP of a machine run elsewhere"
     )
     parser.add_argument("--public", action="append", default=[], help="NAME=ADDRESS outside .internal")
+    parser.add_argument(
+        "--image", help="run each machine as this image with podman (velocity.flynet.images), not a sandbox"
+    )
     args = parser.parse_args(argv)
     for entry in args.machine:
         ipaddress.IPv6Address(entry.split("/")[3])

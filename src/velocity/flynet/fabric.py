@@ -88,6 +88,11 @@ class Fabric:
         """``argv`` run inside ``node``'s namespace, with Fly's resolver."""
         return ["ip", "netns", "exec", self.nodes[node], *argv]
 
+    def network_only(self, node: str, *argv: str) -> list[str]:
+        """``argv`` in ``node``'s network namespace alone, keeping this host's mounts: what runs
+        podman needs the host's cgroup mounts, which ``ip netns exec`` hides behind a new /sys."""
+        return ["nsenter", f"--net={NETNS_RUN / self.nodes[node]}", *argv]
+
     def destroy(self) -> None:
         """Remove every namespace of this fabric, those other processes attached included."""
         self.nodes.clear()

@@ -26,11 +26,13 @@ from typing import Any
 
 from velocity.deploy.template import parse_machine_template
 from velocity.fly.machine_config import service_config
+from velocity.flynet import images
 from velocity.flynet.fabric import (
     API_ADDRESS,
     DNS_ADDRESS,
     EDGE_PROXY_ADDRESS,
     EDGE_PUBLIC_ADDRESS,
+    NETNS_RUN,
     ORCHESTRATOR_PROXY_ADDRESS,
     Fabric,
 )
@@ -40,6 +42,16 @@ ORCHESTRATOR_ID = "0e286039f42e86"  # a machine id as Fly makes them: 14 hex dig
 ORCHESTRATOR_PRIVATE_IP = "fdaa:0:1:a7b:1:0:1:2"
 PUBLIC_HOST = f"{ORCHESTRATOR_APP}.fly.dev"
 START_TIMEOUT = 60.0
+IMAGE_UID = 10001  # the orchestrator image's user (Dockerfile's useradd)
+
+
+@dataclass(frozen=True, slots=True)
+class Images:
+    """Run the images themselves, with podman, instead of the checkout's code: each preview machine
+    as ``preview`` (``velocity.flynet.images``), the orchestrator's machine as ``orchestrator``."""
+
+    preview: str
+    orchestrator: str | None = None
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Topology:
     root: Path  # where the repository's fly.toml lives
     data: Path
     npm_cache: Path
+    images: Images | None = None
     token: str = field(default_factory=lambda: "fly-" + secrets.token_hex(16))
     edge_url: str = ""  # the edge, on this host's loopback
     api_url: str = ""  # the Machines API, on this host's loopback (for tests' own checks)
@@ -134,8 +147,10 @@ class Topology:
                     "--machine", f"{ORCHESTRATOR_ID}/{ORCHESTRATOR_APP}/ord/{ORCHESTRATOR_PRIVATE_IP}",
                     "--public", f"{PUBLIC_HOST}={EDGE_PUBLIC_ADDRESS}",
                     "--public", f"*.{self.preview_domain}={EDGE_PUBLIC_ADDRESS}",
+                    *(["--image", self.images.preview] if self.images else []),
                 ],
                 pass_fds=(api_listener.fileno(),),
+                enter=self.images is None,  # podman needs the host's mounts; the node needs no resolver
             )  # fmt: skip
             await self.start_orchestrator()
             config = self.data / "edge.json"
@@ -154,10 +169,34 @@ class Topology:
 
     async def start_orchestrator(self) -> None:
         (self.data / "orchestrator").mkdir(parents=True, exist_ok=True)
+        if self.images is not None and self.images.orchestrator is not None:
+            container = self._orchestrator_container(self.images.orchestrator)
+            await self._spawn("orchestrator", container, ready=None, enter=False)
+            return
         velocity = str(Path(sys.executable).parent / "velocity")
         await self._spawn(
             "orchestrator", [velocity, "serve", "--keep-previews"], env=self.orchestrator_env(), ready=None
         )
+
+    def _orchestrator_container(self, image: str) -> list[str]:
+        """``podman run`` of the orchestrator's image in its machine's namespace, with the image's CMD
+        and its data directory (fly.toml's VELOCITY_DATA_DIR) on this host's ``data/orchestrator``."""
+        data = self.data / "orchestrator"
+        os.chown(data, IMAGE_UID, IMAGE_UID)
+        env = self.orchestrator_env()
+        for host_only in ("PATH", "HOME", "LANG"):
+            del env[host_only]
+        inside = env["VELOCITY_DATA_DIR"] = str(self.fly_toml["env"]["VELOCITY_DATA_DIR"])
+        env["DATABASE_URL"] = f"sqlite+aiosqlite:///{inside}/velocity.db"
+        env_file = self.data / "orchestrator.env"
+        env_file.touch(mode=0o600)
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+        return [
+            "podman", "run", "--rm", "--name", f"vp-{self.fabric.name}-orchestrator",
+            "--label", f"{images.LABEL}={self.fabric.name}",
+            "--network", f"ns:{NETNS_RUN / self.fabric.namespace('orchestrator')}", "--dns", DNS_ADDRESS,
+            "--env-file", str(env_file), "--volume", f"{data}:{inside}", image,
+        ]  # fmt: skip
 
     async def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int | None:
         process = self.processes.pop(name, None)
@@ -199,6 +238,8 @@ class Topology:
             await self.stop(name)
         for reader in self._readers:
             reader.cancel()
+        if self.images is not None:
+            await images.remove_containers(self.fabric.name)
         self.fabric.destroy()
 
     async def _spawn(
@@ -209,10 +250,17 @@ class Topology:
         env: Mapping[str, str] | None = None,
         pass_fds: tuple[int, ...] = (),
         ready: str | None = '"ready": true',
+        enter: bool = True,
     ) -> None:
+        """Start ``argv`` in its node (``enter``: with the node's resolver, as ``ip netns exec`` runs
+        it; otherwise in its network namespace only, or as given: a ``podman run`` names its own)."""
         node = {"api": "api", "orchestrator": "orchestrator", "edge": "edge"}[name]
+        if enter:
+            argv = self.fabric.command(node, *argv)
+        elif name != "orchestrator":
+            argv = self.fabric.network_only(node, *argv)
         process = await asyncio.create_subprocess_exec(
-            *self.fabric.command(node, *argv),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -243,9 +291,11 @@ class Topology:
 
 
 @contextlib.asynccontextmanager
-async def topology(*, root: Path, data: Path, npm_cache: Path) -> AsyncIterator[Topology]:
+async def topology(
+    *, root: Path, data: Path, npm_cache: Path, images: Images | None = None
+) -> AsyncIterator[Topology]:
     """A running topology; everything it made is gone after."""
-    net = Topology(Fabric.create(), root=root, data=data, npm_cache=npm_cache)
+    net = Topology(Fabric.create(), root=root, data=data, npm_cache=npm_cache, images=images)
     try:
         await net.start()
         yield net
