@@ -67,9 +67,16 @@ def test_the_machine_s_proxy_allows_what_the_orchestrator_passed_or_the_registry
         "a.example",
         "b.example:8443",
     )
-    assert allowlist({"SUPABASE_URL": "https://abc.supabase.co"}) == ("registry.npmjs.org", "abc.supabase.co")
+    assert allowlist({"SUPABASE_URL": "https://abc.supabase.co"}) == (
+        "registry.npmjs.org",
+        "registry.yarnpkg.com",
+        "abc.supabase.co",
+    )
     # The orchestrator standing in for Supabase is on the private network: the project's code may not.
-    assert allowlist({"SUPABASE_URL": "http://velocity.internal:8000"}) == ("registry.npmjs.org",)
+    assert allowlist({"SUPABASE_URL": "http://velocity.internal:8000"}) == (
+        "registry.npmjs.org",
+        "registry.yarnpkg.com",
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the entrypoint's policy is applied as root")

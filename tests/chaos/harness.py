@@ -188,7 +188,11 @@ async def check(
     finally:
         await db.close()
     live = [r for r in rows if r["state"] not in ("stopped", "failed")]
-    # Fly's view (the emulator's machines), not the simulation behind it.
+    # Fly's view (the emulator's machines), not the simulation behind it. A destroy the pass asked
+    # for finishes on Fly's side whatever the orchestrator does next: wait for those to end.
+    async with asyncio.timeout(15):
+        for machine in [m for m in emulator.fleet.machines.values() if m.state == "destroying"]:
+            await emulator.fleet.wait(machine, frozenset({"destroyed"}), after_event=None)
     machines = [m for m in emulator.fleet.machines.values() if m.state != "destroyed"]
     live_ids = {r["id"] for r in live}
     rows_by_id = {r["id"]: dict(r) for r in rows}

@@ -63,16 +63,21 @@ def test_a_sandbox_gets_the_proxy_variables_and_a_fixed_dev_port(network: Sandbo
 @pytest.mark.parametrize(
     ("registry", "supabase", "expected"),
     [
-        ("https://registry.npmjs.org/", None, ("registry.npmjs.org",)),
-        ("https://registry.npmjs.org/", ORCHESTRATOR, ("registry.npmjs.org",)),
-        ("https://registry.npmjs.org/", "https://abc.supabase.co", ("registry.npmjs.org", "abc.supabase.co")),
+        ("https://registry.npmjs.org/", None, ("registry.npmjs.org", "registry.yarnpkg.com")),
+        ("https://registry.npmjs.org/", ORCHESTRATOR, ("registry.npmjs.org", "registry.yarnpkg.com")),
+        (
+            "https://registry.npmjs.org/",
+            "https://abc.supabase.co",
+            ("registry.npmjs.org", "registry.yarnpkg.com", "abc.supabase.co"),
+        ),
         ("http://npm.corp:4873/", "https://db.example.com:8443/", ("npm.corp:4873", "db.example.com:8443")),
     ],
 )
 def test_the_default_allowlist_is_the_registry_and_a_supabase_that_is_not_the_orchestrator(
     registry: str, supabase: str | None, expected: tuple[str, ...]
 ) -> None:
-    """npm's registry host, plus SUPABASE_URL's host when Supabase is elsewhere; ports kept."""
+    """npm's registry host (the public one with Yarn's mirror, which yarn 1 lockfiles name), plus
+    SUPABASE_URL's host when Supabase is elsewhere; ports kept."""
     assert default_allowlist(registry, supabase, ORCHESTRATOR) == expected
 
 

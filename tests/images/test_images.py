@@ -85,6 +85,7 @@ def test_the_preview_image_holds_node_npm_and_the_agent(built: Built) -> None:
     """The first checks of the workflow's validation step, and the agent on its own Python."""
     assert in_image(built.preview, "node", "--version").startswith("v20.")
     assert re.fullmatch(r"\d+\.\d+\.\d+", in_image(built.preview, "npm", "--version"))
+    assert re.fullmatch(r"\d+\.\d+\.\d+", in_image(built.preview, "corepack", "--version"))  # pnpm, yarn
     found = in_image(
         built.preview, "python", "-c", "import sys, velocity.agent as a; print(sys.prefix, a.__file__)"
     )

@@ -11,7 +11,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from velocity.agent.commands import install_command
+from velocity.agent import managers
+from velocity.agent.commands import install_command, nothing_to_install
 from velocity.agent.config import AgentConfig
 from velocity.agent.logs import LogBuffer
 from velocity.agent.processes import start
@@ -52,15 +53,16 @@ def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
             logs.agent(f"snapshot: {members} entries, {len(data)} bytes in {result.fetch_ms:.0f} ms")
         command = install_command(config.workspace, os.environ)
         if command is None:
-            logs.agent("no package.json: nothing to install")
+            logs.agent(nothing_to_install(config.workspace))
         else:
             result.install_started = time.monotonic()
+            managers.prepare(command.manager, config.workspace)
             result.install = start(
                 command.argv,
                 cwd=config.workspace,
                 env=command.env,
                 logs=logs,
-                label="install",
+                label=f"install with {command.manager}",
                 user=config.user,
             )
     except PreviewError as exc:

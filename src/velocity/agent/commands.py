@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from velocity.agent import managers
+from velocity.agent.managers import Manager
 from velocity.domain.errors import BadRequest
 
-_NPM_FLAGS = ("--prefer-offline", "--no-audit", "--no-fund")
 VITE_ENTRY = "node_modules/vite/bin/vite.js"
 # Shell syntax in a dev script means it is more than one vite invocation: let npm run it as written.
 _SHELL_SYNTAX = frozenset("&|;<>()$`")
@@ -41,7 +42,9 @@ CHILD_VARIABLES = frozenset(
     }
 )  # fmt: skip
 # Package managers' settings, locales, and the variables frameworks show the browser.
-CHILD_PREFIXES = ("LC_", "NPM_CONFIG_", "npm_config_", "COREPACK_", "VITE_", "NEXT_PUBLIC_", "PUBLIC_")
+CHILD_PREFIXES = (
+    "LC_", "NPM_CONFIG_", "npm_config_", "COREPACK_", "YARN_", "BUN_", "VITE_", "NEXT_PUBLIC_", "PUBLIC_",
+)  # fmt: skip
 
 
 def child_env(base: Mapping[str, str]) -> dict[str, str]:
@@ -70,23 +73,46 @@ def read_package(workspace: Path) -> dict[str, Any] | None:
     return package
 
 
-def install_command(workspace: Path, env: Mapping[str, str]) -> Command | None:
-    """``npm ci`` from a lockfile into an empty node_modules, ``npm install`` otherwise, nothing
-    without a package.json. ``npm ci`` deletes node_modules first, so a node_modules the provider
-    placed there already (hard-linked from a warm copy) is kept by using ``npm install`` instead."""
+@dataclass(frozen=True, slots=True)
+class Install(Command):
+    manager: Manager
+
+
+def install_command(workspace: Path, env: Mapping[str, str]) -> Install | None:
+    """The install with the project's package manager (``managers``), nothing without a
+    package.json or when node_modules holds what it would install. npm: ``npm ci`` from a lockfile
+    into an empty node_modules, ``npm install`` otherwise (``npm ci`` deletes node_modules first, so a
+    node_modules the provider placed there already, hard-linked from a warm copy, is kept)."""
     package = read_package(workspace)
-    if package is None or dependencies_installed(workspace, package):
+    if package is None:
         return None
-    locked = (workspace / "package-lock.json").is_file() or (workspace / "npm-shrinkwrap.json").is_file()
-    verb = "ci" if locked and not (workspace / "node_modules").exists() else "install"
-    return Command(("npm", verb, *_NPM_FLAGS), child_env(env))
+    manager = managers.detect(workspace, package)
+    if dependencies_installed(workspace, package, manager):
+        return None
+    argv = managers.install_argv(manager, fresh=not (workspace / "node_modules").exists())
+    return Install(argv, child_env(env) | managers.install_env(manager, env), manager)
 
 
-def dependencies_installed(workspace: Path, package: Mapping[str, Any]) -> bool:
-    """Whether node_modules already holds exactly what the lockfile asks for, so even npm's no-op
-    install (about 300 ms) can be skipped: npm's own record of what it installed
+def nothing_to_install(workspace: Path) -> str:
+    """Why ``install_command`` gave nothing, for the log."""
+    if not (workspace / "package.json").exists():
+        return "no package.json: nothing to install"
+    return "node_modules holds what the lockfile asks for: nothing to install"
+
+
+def dependencies_installed(
+    workspace: Path, package: Mapping[str, Any], manager: Manager | None = None
+) -> bool:
+    """Whether node_modules already holds exactly what the lockfile asks for, so even a no-op
+    install (about 300 ms with npm) can be skipped: the agent's record of its last install there
+    (``managers.recorded``) is of the same inputs, or, for npm, npm's own record of what it installed
     (``node_modules/.package-lock.json``) matches the lockfile, leaving out only optional packages for
     other platforms, and package.json asks for what the lockfile was made from."""
+    manager = manager or managers.detect(workspace, package)
+    if manager.lockfile is not None and managers.recorded(manager, workspace, package):
+        return True
+    if manager.name != "npm":
+        return False
     try:
         lock = json.loads((workspace / "package-lock.json").read_text())
         installed = json.loads((workspace / "node_modules" / ".package-lock.json").read_text())

@@ -19,10 +19,15 @@ from urllib.parse import urlsplit
 from velocity.agent.egress_bridge import DEFAULT_LISTEN
 from velocity.agent.logs import LogBuffer
 from velocity.domain.errors import ConfigError
-from velocity.egress.policy import SETTING, Caller, EgressPolicy, parse_allowlist
+from velocity.egress.policy import (
+    NPM_REGISTRY,
+    SETTING,
+    Caller,
+    EgressPolicy,
+    parse_allowlist,
+    registry_hosts,
+)
 from velocity.egress.proxy import EgressProxy
-
-DEFAULT_REGISTRY = "registry.npmjs.org"
 
 
 def allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -30,7 +35,7 @@ def allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
     listed = env.get(SETTING, "").strip()
     if listed:
         return tuple(part.strip() for part in listed.split(",") if part.strip())
-    entries = [DEFAULT_REGISTRY]
+    entries = list(registry_hosts(NPM_REGISTRY))
     supabase = urlsplit(env.get("SUPABASE_URL", "")).hostname
     if supabase and not supabase.endswith(".internal"):
         entries.append(supabase)

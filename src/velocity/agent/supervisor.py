@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from velocity.agent import managers
 from velocity.agent.children import Child
-from velocity.agent.commands import Command, dev_command, install_command
+from velocity.agent.commands import Command, dev_command, install_command, nothing_to_install, read_package
 from velocity.agent.exits import ExitCode
 from velocity.agent.identity import UserCode
 from velocity.agent.logs import LogBuffer
@@ -82,10 +83,11 @@ class Supervisor:
         self._status.set_state(AgentState.INSTALLING)
         command = install_command(self._workspace, self._env)
         if command is None:
-            self._logs.agent("no package.json: nothing to install")
+            self._logs.agent(nothing_to_install(self._workspace))
             return
         self._install_started = time.monotonic()
-        self._install = self._start(command, "install")
+        managers.prepare(command.manager, self._workspace)
+        self._install = self._start(command, f"install with {command.manager}")
 
     async def run(self) -> ExitCode:
         """Finish the install, then supervise the dev server until the preview fails or this is cancelled."""
@@ -124,10 +126,18 @@ class Supervisor:
             self.start_install()
             await self._finish_install(again=False)
             return
+        package = read_package(self._workspace)
+        manager = managers.detect(self._workspace, package) if package is not None else None
         if code != 0:
             last = self._last_output()
-            raise AgentError(f"installing the dependencies failed: npm {describe_exit(code)}{last}")
+            tool = manager.name if manager is not None else "npm"
+            raise AgentError(f"installing the dependencies failed: {tool} {describe_exit(code)}{last}")
         self._logs.agent(f"dependencies installed in {self._status.timings.install_ms:.0f} ms")
+        if manager is not None and package is not None:
+            try:
+                managers.record_install(manager, self._workspace, package)
+            except OSError as exc:
+                self._logs.agent(f"could not record the install ({exc}); the next start installs again")
         await self._seal.write(self._workspace)
 
     def _start(self, command: Command, label: str) -> subprocess.Popen[bytes]:

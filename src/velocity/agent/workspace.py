@@ -18,11 +18,10 @@ import stat
 from pathlib import Path
 
 from velocity.domain.errors import BadRequest
+from velocity.domain.package_managers import DEPENDENCY_FILES
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_PATH_LENGTH = 1024
-# Writing one of these means the dependencies may have changed: reinstall, then restart the dev server.
-DEPENDENCY_FILES = frozenset({"package.json", "package-lock.json", "npm-shrinkwrap.json"})
 # The installer owns node_modules; .git is history, not the preview's business.
 _RESERVED = frozenset({"node_modules", ".git"})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

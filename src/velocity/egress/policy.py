@@ -17,6 +17,16 @@ from velocity.egress.addresses import IPAddress, internal_kind, parse_address
 
 DEFAULT_PORTS = frozenset({80, 443})
 SETTING = "PREVIEW_EGRESS_ALLOWLIST"
+NPM_REGISTRY = "registry.npmjs.org"
+# Yarn 1 fetches what its lockfile says, and the public registry's entries there name Yarn's mirror.
+YARN_REGISTRY = "registry.yarnpkg.com"
+
+
+def registry_hosts(host: str) -> tuple[str, ...]:
+    """What installs from ``host`` need: the public registry comes with Yarn's mirror of it."""
+    return (host, YARN_REGISTRY) if host == NPM_REGISTRY else (host,)
+
+
 _NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 

@@ -8,6 +8,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from velocity.domain.package_managers import DEPENDENCY_FILES, LOCKFILES
+
 
 def legacy_snapshots(root: Path) -> Iterator[tuple[str, Path]]:
     """Snapshots an earlier version kept as files (``root/<project>/snapshot.tar.gz``), now kept in
@@ -19,16 +21,18 @@ def legacy_snapshots(root: Path) -> Iterator[tuple[str, Path]]:
 
 
 def dependencies_key(snapshot: bytes) -> str | None:
-    """What decides ``node_modules``: package.json and the lockfile, hashed together."""
-    wanted = {"package.json": b"", "package-lock.json": b""}
+    """What decides ``node_modules``: package.json and the lockfile of the project's package manager
+    (the first of ``LOCKFILES`` it has, as the agent picks it), hashed together; None without one."""
+    found: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(snapshot), mode="r:*") as archive:
         for member in archive:
-            if member.name in wanted and member.isfile():
+            if member.name in DEPENDENCY_FILES and member.isfile():
                 handle = archive.extractfile(member)
-                wanted[member.name] = handle.read() if handle else b""
-    if not wanted["package-lock.json"]:
+                found[member.name] = handle.read() if handle else b""
+    lockfile = next((name for name in LOCKFILES if found.get(name)), None)
+    if lockfile is None:
         return None
     digest = hashlib.sha256()
-    for name in sorted(wanted):
-        digest.update(name.encode() + b"\0" + wanted[name] + b"\0")
+    for name in sorted({"package.json", lockfile}):
+        digest.update(name.encode() + b"\0" + found.get(name, b"") + b"\0")
     return digest.hexdigest()

@@ -135,7 +135,9 @@ def bwrap_args(
             args += ["--symlink", os.readlink(host), str(host)]
         elif host.is_dir():
             args += ["--ro-bind", str(host), str(host)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    # /tmp as on any Linux (and in the preview image): every uid may write there, the sticky bit
+    # keeps each from another's files. Package managers and dev servers make their scratch there.
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     etc = [Path("/etc") / entry for entry in ETC_ENTRIES if (Path("/etc") / entry).exists()]
     targets = [*etc, *runtime, Path(NPM_CACHE), *([Path(EGRESS_DIR)] if egress is not None else [])]
     # The parents of what is bound, made open here (bubblewrap would make them 0700): /etc/ssl,

@@ -25,6 +25,11 @@ import subprocess
 from pathlib import Path
 
 from velocity.domain.install_seal import SCRATCH, seal
+from velocity.domain.package_managers import INSTALLED_MARKER
+
+# A complete install leaves one of these in node_modules: npm's own record, written last, or the
+# agent's record of any manager's finished install.
+COMPLETE_MARKERS = (".package-lock.json", INSTALLED_MARKER)
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +141,12 @@ class ModulesCache:
         return True
 
     def _keepable(self, modules: Path, seal_file: Path) -> bool:
-        """A complete install (npm writes ``.package-lock.json`` last), not a link, unchanged since
-        the agent sealed it."""
-        if self._root is None or not _real_dir(modules) or not _real_file(modules / ".package-lock.json"):
+        """A complete install (npm writes ``.package-lock.json`` last; the agent records every
+        manager's finished install in ``.velocity-installed.json``), not a link, unchanged since the
+        agent sealed it."""
+        if self._root is None or not _real_dir(modules):
+            return False
+        if not any(_real_file(modules / marker) for marker in COMPLETE_MARKERS):
             return False
         return _sealed(modules, seal_file)
 

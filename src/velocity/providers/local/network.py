@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from velocity.domain import ConfigError
 from velocity.egress import Caller, EgressPolicy, EgressProxy, InternalService, PathRule, parse_allowlist
+from velocity.egress.policy import registry_hosts
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ class SandboxNetwork:
 
 
 def default_allowlist(registry: str, supabase_url: str | None, orchestrator_url: str) -> tuple[str, ...]:
-    """The npm registry's host, and SUPABASE_URL's when Supabase is not this orchestrator."""
-    entries = [_authority(registry)]
+    """The npm registry's host (with Yarn's mirror for the public one), and SUPABASE_URL's when
+    Supabase is not this orchestrator."""
+    entries = [*registry_hosts(_authority(registry))]
     if supabase_url and supabase_url.rstrip("/") != orchestrator_url.rstrip("/"):
         entries.append(_authority(supabase_url))
     return tuple(entry for entry in entries if entry)

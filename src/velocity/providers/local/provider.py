@@ -56,6 +56,9 @@ NPM_CACHE_FULL = 0.8
 NPM_CACHES_KEPT = 50
 # Variables a sandbox may inherit from the host, so npm works behind a proxy or a private registry.
 PASSTHROUGH_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+# This host's settings for fetching packages, given to every sandbox: the certificate authorities
+# Node.js adds (a registry reached through a proxy with its own), and corepack's registry and keys.
+TOOLS_ENV = ("NODE_EXTRA_CA_CERTS", "COREPACK_NPM_REGISTRY", "COREPACK_INTEGRITY_KEYS")
 
 
 class NetworkAttachment(Protocol):
@@ -515,6 +518,7 @@ class LocalSandboxProvider:
         }
         if self._network is None:
             env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+        env.update({k: os.environ[k] for k in TOOLS_ENV if k in os.environ})
         env.update(spec.env)
         if self._network is not None:
             env.update(self._network.env(spec.env))
