@@ -73,7 +73,7 @@ def test_the_project_s_code_inherits_only_what_a_project_needs(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("script", "vite"),
-    [("node server.js", True), ("vite && echo done", True), ("vite", False), ("next dev", True)],
+    [("node server.js", True), ("vite && echo done", True), ("vite", False), ("next dev && x", True)],
 )
 def test_anything_else_runs_as_npm_run_dev_with_port_and_host(
     tmp_path: Path, script: str, vite: bool
@@ -81,6 +81,26 @@ def test_anything_else_runs_as_npm_run_dev_with_port_and_host(
     """Other scripts, shell syntax, or vite missing from node_modules go through npm with PORT and HOST."""
     command = dev_command(_project(tmp_path, script, vite=vite), 4000, {})
     assert command.argv == ("npm", "run", "dev")
+    assert (command.env["PORT"], command.env["HOST"]) == ("4000", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("script", "flags"),
+    [
+        ("next dev", ("--port", "4000", "--hostname", "127.0.0.1")),
+        ("next dev --turbopack", ("--port", "4000", "--hostname", "127.0.0.1")),
+        ("astro dev", ("--port", "4000", "--host", "127.0.0.1")),
+        ("nuxt dev", ("--port", "4000", "--host", "127.0.0.1")),
+        ("ng serve", ("--port", "4000", "--host", "127.0.0.1")),
+    ],
+)
+def test_frameworks_that_ignore_port_and_host_get_them_as_flags(
+    tmp_path: Path, script: str, flags: tuple[str, ...]
+) -> None:
+    """Next.js, Astro, Nuxt and Angular get the port and address on their command line, after the
+    dev script's own arguments (``docs/architecture.md``, "Dev servers")."""
+    command = dev_command(_project(tmp_path, script), 4000, {})
+    assert command.argv == ("npm", "run", "dev", "--", *flags)
     assert (command.env["PORT"], command.env["HOST"]) == ("4000", "127.0.0.1")
 
 

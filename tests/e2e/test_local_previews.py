@@ -86,7 +86,19 @@ async def test_a_process_over_the_memory_limit_is_killed_and_the_preview_fails(n
         failed = await live.ended(preview["id"])
     assert failed["state"] == "failed"
     assert "out of memory" in failed["failure_reason"]
-    assert "128 MB" in failed["failure_reason"]
+    assert "the machine has 128 MB: set CONTAINER_MEMORY_MB to 256 or more" in failed["failure_reason"]
+
+
+async def test_a_dev_server_that_listens_elsewhere_fails_the_preview_saying_where(live: Live) -> None:
+    """A dev server that ignores PORT and HOST is not waited for until the timeout: the preview
+    fails, naming the address it listens on and what to change."""
+    await live.import_project(PROJECTS / "elsewhere", "elsewhere")
+    preview = await live.create("elsewhere")
+    failed = await live.settled(preview["id"], timeout=60)
+    assert failed["state"] == "failed"
+    reason = failed["failure_reason"]
+    assert "the dev server listens on 127.0.0.1:3999, not on 127.0.0.1:5173" in reason, reason
+    assert "make the dev script use them" in reason
 
 
 async def test_a_fork_bomb_is_capped_by_the_pids_limit(npm_cache: Path) -> None:

@@ -117,7 +117,12 @@ def test_the_exit_reason_comes_from_the_latest_exit_event() -> None:
     """Out of memory, a requested stop, or the exit code."""
     event: MachineEvent = {"type": "exit", "request": {"exit_event": {"exit_code": 137, "oom_killed": True}}}
     machine = machine_from_json({"id": "m", "state": "stopped", "events": [event]})
-    assert machine.exit_reason == "out of memory"
+    assert machine.exit_reason == "out of memory; set CONTAINER_MEMORY_MB higher"
+    config = {"guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 512}}
+    sized = machine_from_json({"id": "m", "state": "stopped", "events": [event], "config": config})
+    assert (
+        sized.exit_reason == "out of memory; the machine has 512 MB: set CONTAINER_MEMORY_MB to 1024 or more"
+    )
 
 
 async def test_the_provider_is_built_from_settings() -> None:

@@ -19,6 +19,19 @@ _SHELL_SYNTAX = frozenset("&|;<>()$`")
 # Flags the agent sets itself; a second copy would make Vite's argument parser return a list.
 _OWNED_VALUE_FLAGS = ("--host", "--port")
 _OWNED_FLAGS = ("--strictPort", "--strict-port")
+# Dev servers that do not take their port and address from PORT and HOST, by the dev script's first
+# word, and the flags that tell them (appended: ``npm run dev -- ...``; a flag given twice, the last
+# wins in each of these). Vite's own (and Vite's frameworks: SvelteKit, Vue, Remix, Solid) are set
+# above; Next.js reads PORT but not HOST; Create React App reads both.
+FRAMEWORK_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "next": ("--port", "{port}", "--hostname", "{host}"),
+    "astro": ("--port", "{port}", "--host", "{host}"),
+    "nuxt": ("--port", "{port}", "--host", "{host}"),
+    "nuxi": ("--port", "{port}", "--host", "{host}"),
+    "ng": ("--port", "{port}", "--host", "{host}"),
+    "webpack": ("--port", "{port}", "--host", "{host}"),
+    "webpack-dev-server": ("--port", "{port}", "--host", "{host}"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +144,8 @@ def dependencies_installed(
 
 def dev_command(workspace: Path, port: int, env: Mapping[str, str]) -> Command:
     """Vite runs from its own entry file (``npx`` or ``npm run`` would add about 250 ms and 76 MB);
-    anything else runs as ``npm run dev`` with ``PORT`` and ``HOST`` set."""
+    anything else runs as ``npm run dev`` with ``PORT`` and ``HOST`` set, and the port and address
+    flags of the frameworks that ignore them (``FRAMEWORK_FLAGS``)."""
     package = read_package(workspace)
     if package is None:
         raise BadRequest("the project has no package.json, so there is no dev server to start")
@@ -140,21 +154,26 @@ def dev_command(workspace: Path, port: int, env: Mapping[str, str]) -> Command:
     if not isinstance(script, str) or not script.strip():
         raise BadRequest('package.json has no "dev" script: add one that starts the dev server')
     base = child_env(env) | {"PORT": str(port), "HOST": "127.0.0.1", "BROWSER": "none"}
-    words = _plain_vite(script)
-    if words is not None and (workspace / VITE_ENTRY).is_file():
+    words = _plain_command(script)
+    if words is not None and words[0] == "vite" and (workspace / VITE_ENTRY).is_file():
         args = (*_without_owned_flags(words[1:]), "--host", "127.0.0.1", "--port", str(port), "--strictPort")
         return Command(("node", VITE_ENTRY, *args), base)
+    flags = FRAMEWORK_FLAGS.get(words[0]) if words is not None else None
+    if flags is not None:
+        extra = tuple(flag.format(port=port, host="127.0.0.1") for flag in flags)
+        return Command(("npm", "run", "dev", "--", *extra), base)
     return Command(("npm", "run", "dev"), base)
 
 
-def _plain_vite(script: str) -> list[str] | None:
+def _plain_command(script: str) -> list[str] | None:
+    """The dev script's words when it is one command (no shell syntax), else None."""
     if _SHELL_SYNTAX.intersection(script):
         return None
     try:
         words = shlex.split(script)
     except ValueError:
         return None
-    return words if words and words[0] == "vite" else None
+    return words or None
 
 
 def _without_owned_flags(args: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from velocity.agent import managers
+from velocity.agent import listening, managers
 from velocity.agent.children import Child
 from velocity.agent.commands import Command, dev_command, install_command, nothing_to_install, read_package
 from velocity.agent.exits import ExitCode
@@ -28,11 +28,14 @@ from velocity.agent.processes import start
 from velocity.agent.sealing import SealReport
 from velocity.agent.state import AgentState, DevServerState, Status
 from velocity.domain.errors import AgentError, PreviewError
+from velocity.domain.memory import more_memory
 
 MAX_RESTARTS = 3
 STABLE_SECONDS = 60.0
 BACKOFF_SECONDS = (0.25, 1.0, 3.0)
 READY_TIMEOUT_SECONDS = 120.0
+# A dev server listening elsewhere for this long, and not on its port, is not coming to its port.
+ELSEWHERE_SECONDS = 10.0
 PROBE_INTERVAL_SECONDS = 0.025
 
 
@@ -129,9 +132,9 @@ class Supervisor:
         package = read_package(self._workspace)
         manager = managers.detect(self._workspace, package) if package is not None else None
         if code != 0:
-            last = self._last_output()
             tool = manager.name if manager is not None else "npm"
-            raise AgentError(f"installing the dependencies failed: {tool} {describe_exit(code)}{last}")
+            why = f": SIGKILL, {self._out_of_memory()}" if killed_by_sigkill(code) else self._last_output()
+            raise AgentError(f"installing the dependencies failed: {tool} {describe_exit(code)}{why}")
         self._logs.agent(f"dependencies installed in {self._status.timings.install_ms:.0f} ms")
         if manager is not None and package is not None:
             try:
@@ -139,6 +142,11 @@ class Supervisor:
             except OSError as exc:
                 self._logs.agent(f"could not record the install ({exc}); the next start installs again")
         await self._seal.write(self._workspace)
+
+    def _out_of_memory(self) -> str:
+        """Why a process of the project died of SIGKILL, and what to set."""
+        memory = self._env.get("CONTAINER_MEMORY_MB", "").strip()
+        return f"most likely from the out-of-memory killer: {more_memory(int(memory) if memory.isdigit() else None)}"
 
     def _start(self, command: Command, label: str) -> subprocess.Popen[bytes]:
         return start(
@@ -162,10 +170,7 @@ class Supervisor:
             if outcome is None:  # a restart was asked for
                 continue
             if killed_by_sigkill(outcome):
-                self._fail(
-                    f"the dev server {describe_exit(outcome)}: SIGKILL, most likely from the out-of-memory "
-                    "killer; the project needs more memory than the machine has"
-                )
+                self._fail(f"the dev server {describe_exit(outcome)}: SIGKILL, {self._out_of_memory()}")
                 return ExitCode.DEV_SERVER_KILLED
             crashes = 1 if time.monotonic() - started >= STABLE_SECONDS else crashes + 1
             if crashes > MAX_RESTARTS:
@@ -223,13 +228,21 @@ class Supervisor:
     async def _until_ready(self, child: Child, port: int, restart: asyncio.Future[Any]) -> bool:
         """Poll the port until the dev server answers; False if it exits or a restart comes first.
         Polling is the one way to learn that an arbitrary program is serving."""
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        began = time.monotonic()
         while not (child.exited.done() or restart.done()):
             if await answers(port):
                 return True
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - began
+            if waited > ELSEWHERE_SECONDS and (elsewhere := listening.others()):
                 raise AgentError(
-                    f"the dev server did not answer on port {port} within {READY_TIMEOUT_SECONDS:.0f} s"
+                    f"the dev server listens on {', '.join(elsewhere)}, not on 127.0.0.1:{port} as its "
+                    f"PORT and HOST say: make the dev script use them, or pass the port "
+                    f'(docs/architecture.md, "Dev servers")'
+                )
+            if waited > READY_TIMEOUT_SECONDS:
+                raise AgentError(
+                    f"the dev server did not answer on port {port} within {READY_TIMEOUT_SECONDS:.0f} s, "
+                    "and listens on no port"
                 )
             await asyncio.wait(_either(child, restart), timeout=PROBE_INTERVAL_SECONDS)
         return False

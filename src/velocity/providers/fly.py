@@ -19,6 +19,7 @@ from typing import Literal
 from velocity.clock import Clock
 from velocity.deploy import MachineTemplate
 from velocity.domain import CapacityError, Machine, MachineSpec, MachineState, NotFound, ProviderError
+from velocity.domain.memory import more_memory
 from velocity.fly.client import FlyClient
 from velocity.fly.machine_config import MachinePlan, create_request
 from velocity.fly.types import MachineJSON
@@ -208,7 +209,8 @@ def _exit_reason(data: MachineJSON) -> str | None:
         exit_event = request.get("exit_event")
         if event.get("type") == "exit" and isinstance(exit_event, dict):
             if exit_event.get("oom_killed"):
-                return "out of memory"
+                memory = ((data.get("config") or {}).get("guest") or {}).get("memory_mb")
+                return f"out of memory; {more_memory(memory if isinstance(memory, int) else None)}"
             if exit_event.get("requested_stop"):
                 return "stopped on request"
             return f"exit code {exit_event.get('exit_code')}"

@@ -347,6 +347,8 @@ class PreviewService:
             "AGENT_TOKEN": token,
             "AGENT_ORIGIN_SECRET": self._issuer.origin_secret(preview.id),
             "CONTAINER_INTERNAL_PORT": str(s.container_internal_port),
+            # For the agent's own messages: "the machine has 512 MB; set CONTAINER_MEMORY_MB to ..."
+            "CONTAINER_MEMORY_MB": str(s.container_memory_mb),
             "SUPABASE_URL": s.supabase_url or s.orchestrator_url,
             "SUPABASE_ANON_KEY": s.supabase_anon_key.get_secret_value() if s.supabase_anon_key else "",
         }

@@ -30,6 +30,7 @@ from velocity.domain.agent_contract import (
     USER_VARIABLE,
     as_agent,
 )
+from velocity.domain.memory import more_memory
 from velocity.providers.base import META_PROJECT_ID, META_USER_ID, STOPPED_OR_BEYOND, AgentEndpoint
 from velocity.providers.local import cgroups, disks, seccomp
 from velocity.providers.local.bwrap import (
@@ -590,9 +591,10 @@ class LocalSandboxProvider:
         group = self._cgroup(machine_id)
         oom = group.oom_kills() if group else 0
         if oom:
+            limit = record.get("memory_mb")
             reason = (
-                f"out of memory: the kernel killed {oom} process(es) at the "
-                f"{record.get('memory_mb')} MB limit (CONTAINER_MEMORY_MB)"
+                f"out of memory: the kernel killed {oom} process(es) at the {limit} MB limit; "
+                + more_memory(limit if isinstance(limit, int) else None)
             )
         elif status is None:
             reason = "killed"
