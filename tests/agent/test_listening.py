@@ -32,6 +32,8 @@ def test_listeners_of_other_processes_are_named_and_the_agent_s_own_left_out(tmp
     os.symlink("socket:[222]", tmp_path / "self" / "fd" / "3")
     os.symlink("/dev/null", tmp_path / "self" / "fd" / "4")
     assert listening.others(tmp_path) == ["127.0.0.1:3999", "[::1]:8001"]
+    # Something on the port asked for is a dev server still getting ready: nothing is elsewhere.
+    assert listening.others(tmp_path, besides=3999) == []
 
 
 def test_on_this_machine_another_process_s_listener_is_listed_and_our_own_is_not() -> None:

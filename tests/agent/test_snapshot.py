@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.agent.harness import tarball
+from velocity.agent.identity import SHARED_UMASK
 from velocity.agent.snapshot import extract
 from velocity.domain.errors import BadRequest
 
@@ -57,6 +59,27 @@ def test_a_member_leading_out_refuses_the_whole_snapshot(tmp_path: Path, archive
         extract(archive, workspace)
     assert list(workspace.iterdir()) == []
     assert not (tmp_path / "evil").exists()
+
+
+def test_what_the_snapshot_holds_the_project_s_user_may_change(tmp_path: Path) -> None:
+    """The project's user shares the agent's group: files and directories come out group-writable
+    (Python's data filter takes that bit away), never setuid or writable by others."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, mode, kind in (
+            ("src", 0o755, tarfile.DIRTYPE),
+            ("src/next-env.d.ts", 0o4646, tarfile.REGTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = kind, mode
+            archive.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    previous = os.umask(SHARED_UMASK)  # the agent's (velocity.agent.main)
+    try:
+        extract(buffer.getvalue(), tmp_path)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "src").stat().st_mode & 0o7777 == 0o775
+    assert (tmp_path / "src/next-env.d.ts").stat().st_mode & 0o7777 == 0o664
 
 
 def test_something_else_than_a_tarball_is_refused(tmp_path: Path) -> None:

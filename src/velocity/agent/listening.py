@@ -15,12 +15,15 @@ from pathlib import Path
 LISTEN = "0A"  # the kernel's TCP_LISTEN
 
 
-def others(proc: Path = Path("/proc")) -> list[str]:
-    """``address:port`` of each TCP listener not opened by this process, sorted."""
+def others(proc: Path = Path("/proc"), *, besides: int | None = None) -> list[str]:
+    """``address:port`` of each TCP listener not opened by this process, sorted; empty when one
+    listens on port ``besides`` (whatever the address: a server there is on its way)."""
     own = _own_sockets(proc)
     found = set()
     for table in (proc / "net" / "tcp", proc / "net" / "tcp6"):
         for address, port, inode in _listeners(table):
+            if port == besides and inode not in own:
+                return []
             if inode not in own:
                 found.add(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
     return sorted(found)

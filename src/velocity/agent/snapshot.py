@@ -8,6 +8,7 @@ archive is checked before the first byte is written: a refused snapshot leaves t
 from __future__ import annotations
 
 import io
+import stat
 import tarfile
 import time
 import urllib.error
@@ -70,6 +71,16 @@ def fetch(url: str, token: str | None) -> bytes:
         delay = min(delay * 2, 1.0)
 
 
+def _shared(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """Python's data filter, then the group's write bit back on files and directories: the project's
+    user shares the agent's group and must be able to change what the snapshot holds (Next.js
+    rewrites next-env.d.ts at every start; linters fix files in place)."""
+    kept = tarfile.data_filter(member, path)
+    if kept.mode is not None and (kept.isfile() or kept.isdir()):
+        kept = kept.replace(mode=kept.mode | stat.S_IWGRP, deep=False)
+    return kept
+
+
 def extract(data: bytes, destination: Path) -> int:
     """Unpack a (gzip) tarball into ``destination``; returns the number of members."""
     root = str(destination)
@@ -85,7 +96,7 @@ def extract(data: bytes, destination: Path) -> int:
                 if member.name.startswith("/"):
                     raise BadRequest(f"the snapshot was refused: {member.name[:80]!r} is an absolute path")
                 tarfile.data_filter(member, root)
-            archive.extractall(root, members=members, filter="data")
+            archive.extractall(root, members=members, filter=_shared)
     except tarfile.FilterError as exc:
         raise BadRequest(f"the snapshot was refused: {exc}") from exc
     except (tarfile.TarError, EOFError) as exc:

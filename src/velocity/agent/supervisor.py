@@ -233,16 +233,17 @@ class Supervisor:
             if await answers(port):
                 return True
             waited = time.monotonic() - began
-            if waited > ELSEWHERE_SECONDS and (elsewhere := listening.others()):
+            if waited > ELSEWHERE_SECONDS and (elsewhere := listening.others(besides=port)):
                 raise AgentError(
                     f"the dev server listens on {', '.join(elsewhere)}, not on 127.0.0.1:{port} as its "
                     f"PORT and HOST say: make the dev script use them, or pass the port "
                     f'(docs/architecture.md, "Dev servers")'
                 )
             if waited > READY_TIMEOUT_SECONDS:
+                where = listening.others()
                 raise AgentError(
-                    f"the dev server did not answer on port {port} within {READY_TIMEOUT_SECONDS:.0f} s, "
-                    "and listens on no port"
+                    f"the dev server did not answer on 127.0.0.1:{port} within {READY_TIMEOUT_SECONDS:.0f} s"
+                    + (f"; it listens on {', '.join(where)}" if where else ", and listens on no port")
                 )
             await asyncio.wait(_either(child, restart), timeout=PROBE_INTERVAL_SECONDS)
         return False
