@@ -89,3 +89,40 @@ async def test_a_vite_project_is_served_and_hot_reloads_through_the_agent(
             while (message := json.loads(await ws.recv()))["type"] != "update":
                 pass
         assert message["updates"][0]["path"] == "/src/App.jsx"
+
+
+async def test_the_agent_reports_whether_vite_s_hot_reload_answers(
+    start_agent: AgentFactory, snapshots: SnapshotServer, warm_node_modules: None
+) -> None:
+    """Once the dev server is ready the agent opens Vite's hot-reload websocket as a browser would:
+    ``dev_server.hmr`` in /health says ``ok``."""
+    snapshots.body = tarball(_example_files())
+    async with start_agent(npm_config_offline="true") as agent:
+        await agent.serving()
+        assert (await agent.health("?wait=ready&timeout=120")).json()["state"] == "ready"
+        line = await agent.wait_for_line(lambda line: "hot reload:" in line)
+        assert line.endswith("hot reload: ok"), line
+        body = (await agent.health()).json()
+        assert body["dev_server"]["hmr"] == {"state": "ok", "detail": None}
+
+
+async def test_a_dev_server_whose_hot_reload_is_refused_is_reported_broken(
+    start_agent: AgentFactory, snapshots: SnapshotServer, warm_node_modules: None
+) -> None:
+    """A plugin that drops every websocket upgrade: pages still load, but an editor would stop
+    updating. /health says so, and why."""
+    files = _example_files()
+    dropper = (
+        b"plugins: [react(), { name: 'drop-upgrades', configureServer(server) {"
+        b" server.httpServer.prependListener('upgrade', (request, socket) => socket.destroy()) } }],"
+    )
+    files["vite.config.js"] = files["vite.config.js"].replace(b"plugins: [react()],", dropper)
+    snapshots.body = tarball(files)
+    async with start_agent(npm_config_offline="true") as agent:
+        await agent.serving()
+        body = (await agent.health("?wait=ready&timeout=120")).json()
+        assert body["state"] == "ready", (body["detail"], agent.lines[-15:])
+        line = await agent.wait_for_line(lambda line: "hot reload:" in line)
+        assert "hot reload: broken (Vite's hot-reload websocket" in line, line
+        hmr = (await agent.health()).json()["dev_server"]["hmr"]
+        assert hmr["state"] == "broken" and "hot-reload websocket" in hmr["detail"]

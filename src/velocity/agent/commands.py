@@ -165,6 +165,15 @@ def dev_command(workspace: Path, port: int, env: Mapping[str, str]) -> Command:
     return Command(("npm", "run", "dev"), base)
 
 
+def dev_program(workspace: Path) -> str | None:
+    """The program the dev script runs (``vite``, ``next``...), when it is one command."""
+    package = read_package(workspace)
+    scripts = package.get("scripts") if package else None
+    script = scripts.get("dev") if isinstance(scripts, dict) else None
+    words = _plain_command(script) if isinstance(script, str) else None
+    return words[0] if words else None
+
+
 def _plain_command(script: str) -> list[str] | None:
     """The dev script's words when it is one command (no shell syntax), else None."""
     if _SHELL_SYNTAX.intersection(script):

@@ -36,6 +36,8 @@ class DevServerStatus:
     state: DevServerState = DevServerState.PENDING
     restarts: int = 0
     exit_code: int | None = None
+    hmr: str = "unknown"  # ok, broken or unknown (velocity.agent.hmr)
+    hmr_detail: str | None = None
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class Status:
                 "state": dev.state.value,
                 "restarts": dev.restarts,
                 "exit_code": dev.exit_code,
+                "hmr": {"state": dev.hmr, "detail": dev.hmr_detail},
             },
             "timings": {
                 "fetch_ms": self.timings.fetch_ms,

@@ -17,9 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from velocity.agent import listening, managers
+from velocity.agent import hmr, listening, managers
 from velocity.agent.children import Child
-from velocity.agent.commands import Command, dev_command, install_command, nothing_to_install, read_package
+from velocity.agent.commands import (
+    Command,
+    dev_command,
+    dev_program,
+    install_command,
+    nothing_to_install,
+    read_package,
+)
 from velocity.agent.exits import ExitCode
 from velocity.agent.identity import UserCode
 from velocity.agent.logs import LogBuffer
@@ -143,6 +150,19 @@ class Supervisor:
                 self._logs.agent(f"could not record the install ({exc}); the next start installs again")
         await self._seal.write(self._workspace)
 
+    async def _watch_hmr(self, port: int) -> None:
+        """Check the dev server's hot-reload channel now and every ``hmr.CHECK_SECONDS``; report
+        each change in ``/health`` and the log."""
+        dev = self._status.dev_server
+        next_js = dev_program(self._workspace) == "next"
+        while True:
+            state, detail = await hmr.check(port, next_js=next_js)
+            if (state, detail) != (dev.hmr, dev.hmr_detail):
+                dev.hmr, dev.hmr_detail = state, detail
+                self._logs.agent(f"hot reload: {state}" + (f" ({detail})" if detail else ""))
+                self._status.notify()
+            await asyncio.sleep(hmr.CHECK_SECONDS)
+
     def _out_of_memory(self) -> str:
         """Why a process of the project died of SIGKILL, and what to set."""
         memory = self._env.get("CONTAINER_MEMORY_MB", "").strip()
@@ -198,6 +218,7 @@ class Supervisor:
         command = dev_command(self._workspace, dev.port, self._env)
         self._status.set_state(AgentState.STARTING)
         dev.state = DevServerState.STARTING
+        dev.hmr, dev.hmr_detail = "unknown", None
         started = time.monotonic()
         process = self._start(command, "dev server")
         child = self._dev = await Child.adopt(process, "dev server", self._logs)
@@ -212,7 +233,12 @@ class Supervisor:
                 took = self._status.timings.dev_server_ms
                 self._logs.agent(f"the dev server answers on port {dev.port} after {took:.0f} ms")
                 self._status.set_state(AgentState.READY)
-                await asyncio.wait(_either(child, restart), return_when=asyncio.FIRST_COMPLETED)
+                watching = asyncio.create_task(self._watch_hmr(dev.port), name="agent-hmr")
+                try:
+                    await asyncio.wait(_either(child, restart), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    watching.cancel()
+                    await asyncio.wait([watching])
         finally:
             restart.cancel()
         self._dev = None
