@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 
@@ -150,6 +151,36 @@ async def test_nothing_listening_upstream_is_a_502_with_a_clear_message() -> Non
     assert response.status_code == 502
     assert response.headers["content-type"].startswith("text/plain")
     assert "cannot reach http://127.0.0.1" in response.text
+
+
+async def test_a_get_on_a_kept_alive_connection_the_upstream_closed_is_sent_again() -> None:
+    """Node.js closes idle kept-alive connections after 5 s; a request that goes out on one just as
+    it closes is sent once more on a new connection instead of becoming a 502."""
+    connections = 0
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok")
+        await writer.drain()
+        if first:  # the next request on this connection finds it closed without an answer
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with proxy_to(Upstream(f"http://127.0.0.1:{port}")) as client:
+            assert (await client.get("/one")).text == "ok"
+            second = await client.get("/two")
+        assert second.status_code == 200 and second.text == "ok"
+        assert connections == 2
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_an_upstream_that_does_not_answer_in_time_is_a_504(upstream_url: str) -> None:

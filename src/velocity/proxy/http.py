@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -11,6 +12,8 @@ from velocity.domain.errors import AgentError
 from velocity.proxy.asgi import Receive, Scope, Send, send_text
 from velocity.proxy.headers import request_headers, response_headers
 from velocity.proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
 
 
 class _ClientGone(Exception):
@@ -73,7 +76,15 @@ async def forward_http(
         extensions={"timeout": timeouts.as_dict()},
     )
     try:
-        response = await client.send(request, stream=True)
+        try:
+            response = await client.send(request, stream=True)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # A kept-alive connection the dev server closed as this request went out (Node.js
+            # closes idle ones after 5 s): a request without a body is sent once more, on a new one.
+            if streamed:
+                raise
+            log.debug("resending %s %s after %s", scope["method"], scope["path"], _reason(exc))
+            response = await client.send(request, stream=True)
     except _ClientGone:
         return
     except httpx.TimeoutException:
