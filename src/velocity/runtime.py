@@ -25,6 +25,7 @@ from velocity.clock import Clock, SystemClock
 from velocity.domain import ConfigError, DatabaseUnavailable, Preview, Unavailable
 from velocity.egress import CALLER_HEADER
 from velocity.loops import LoopMonitor, Replica, run_maintenance, supervise
+from velocity.loops.webhooks import Webhooks
 from velocity.providers.base import MachineProvider
 from velocity.realtime import RealtimeHub
 from velocity.router import PreviewRouter
@@ -133,6 +134,7 @@ class Runtime:
     _router: PreviewRouter | None = field(default=None, repr=False)
     hub: RealtimeHub | None = field(default=None, repr=False)  # hosted when SUPABASE_URL is ours
     preview_events: PreviewEvents | None = field(default=None, repr=False)
+    webhooks: Webhooks | None = field(default=None, repr=False)  # with WEBHOOK_URL
 
     @classmethod
     async def open(
@@ -182,6 +184,16 @@ class Runtime:
         projects = ProjectService(store=store, clock=clock, max_bytes=settings.max_project_bytes, rows=rows)
         await projects.adopt_legacy_snapshots(settings.data_dir / "projects")
         access = PreviewAccess(store=store, issuer=issuer, settings=settings, clock=clock, rows=rows)
+        webhooks = None
+        if settings.webhook_url is not None and settings.webhook_secret is not None:
+            webhooks = Webhooks(
+                store,
+                clock,
+                url=settings.webhook_url,
+                secret=settings.webhook_secret.get_secret_value(),
+                max_attempts=settings.webhook_max_attempts,
+                retry_seconds=settings.webhook_retry_seconds,
+            )
         return cls(
             settings,
             store,
@@ -196,6 +208,7 @@ class Runtime:
             access,
             monitor,
             replica,
+            webhooks=webhooks,
         )
 
     def asgi(self) -> ASGIApp:
@@ -211,6 +224,7 @@ class Runtime:
             provider_name=self.provider.name,
             monitor=self.monitor,
             preview_events=self.preview_events,
+            webhook_deliveries=self.store.deliveries,
         )
         limited = BodyLimit(
             api,
@@ -266,17 +280,15 @@ class Runtime:
         when a loop dies of a bug, with that loop's error (``Running.wait`` then stops the server)."""
         await self.replica.beat()  # so that a first replica leads, and passes, at once
         interval = self.settings.cleanup_interval_seconds
-        self._loops = asyncio.create_task(
-            supervise(
-                {
-                    "replica": self.replica.run(),
-                    "maintenance": run_maintenance(
-                        self.previews, self.clock, self.replica, self.monitor, interval=interval
-                    ),
-                }
+        loops = {
+            "replica": self.replica.run(),
+            "maintenance": run_maintenance(
+                self.previews, self.clock, self.replica, self.monitor, interval=interval
             ),
-            name="loops",
-        )
+        }
+        if self.webhooks is not None:
+            loops["webhooks"] = self.webhooks.run(self.replica, self.monitor)
+        self._loops = asyncio.create_task(supervise(loops), name="loops")
         return self._loops
 
     async def close(self, *, stop_previews: bool) -> None:
@@ -293,6 +305,8 @@ class Runtime:
         if self._router is not None:
             await self._router.aclose()
         await self.agents.aclose()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
         await self.provider.aclose()
         await self.store.dispose()
 

@@ -274,6 +274,31 @@ class Settings(BaseSettings):
             raise ValueError("must be a bare host name such as preview.example.com")
         return value.lower().strip(".")
 
+    # --- Webhooks (docs/operations.md) ------------------------------------------------------------
+    webhook_url: str | None = Field(
+        None,
+        description="WEBHOOK_URL: where preview events are POSTed, signed (created, ready, failed, "
+        "stopped); none when unset",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="WEBHOOK_SECRET: the HMAC-SHA256 key of the Velocity-Signature header"
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="WEBHOOK_MAX_ATTEMPTS: attempts per event before it is given up on"
+    )
+    webhook_retry_seconds: float = Field(
+        1.0, gt=0, description="WEBHOOK_RETRY_SECONDS: the first retry's delay, doubled each time (to 60 s)"
+    )
+
+    @model_validator(mode="after")
+    def _signed_webhooks(self) -> Settings:
+        if self.webhook_url is not None:
+            if not self.webhook_url.startswith(("http://", "https://")):
+                raise ValueError(f"WEBHOOK_URL must be an http(s) URL, not {self.webhook_url[:80]!r}")
+            if self.webhook_secret is None or not self.webhook_secret.get_secret_value():
+                raise ValueError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are always signed")
+        return self
+
     # --- Derived values ---------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:

@@ -1,5 +1,6 @@
 """The FastAPI application and its routes."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
@@ -11,6 +12,8 @@ from velocity import metrics
 from velocity.api import errors, events
 from velocity.api.schemas import (
     CreatePreview,
+    DeliveryList,
+    DeliveryOut,
     ErrorOut,
     Health,
     LogLine,
@@ -25,7 +28,7 @@ from velocity.api.schemas import (
     ProjectOut,
 )
 from velocity.auth import Caller, TokenVerifier
-from velocity.domain import Forbidden, Preview, Unauthorized
+from velocity.domain import Forbidden, Preview, Unauthorized, WebhookDelivery
 from velocity.loops import LoopMonitor
 from velocity.service import PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
@@ -64,6 +67,7 @@ def create_api(
     provider_name: str,
     monitor: LoopMonitor,
     preview_events: PreviewEvents | None = None,
+    webhook_deliveries: Callable[[], Awaitable[list[WebhookDelivery]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Velocity Previews",
@@ -185,6 +189,13 @@ def create_api(
     async def admin_machines(_who: Operator) -> MachineList:
         """The machines of ours the provider knows, with the preview each belongs to."""
         return MachineList(machines=[MachineOut.of(m) for m in await previews.machines()])
+
+    @app.get("/v1/admin/webhooks", response_model=DeliveryList, tags=["admin"])
+    async def admin_webhooks(_who: Operator) -> DeliveryList:
+        """The delivery log: the latest attempts to deliver preview events to WEBHOOK_URL."""
+        if webhook_deliveries is None or not settings.webhook_url:
+            return DeliveryList(enabled=False, deliveries=[])
+        return DeliveryList(enabled=True, deliveries=[DeliveryOut.of(d) for d in await webhook_deliveries()])
 
     @app.get(
         "/metrics",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from velocity.domain import Machine, Preview, PreviewState, Project
+from velocity.domain import Machine, Preview, PreviewState, Project, WebhookDelivery
 
 ProjectId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["my-app"])]
 PreviewId = Annotated[str, Field(pattern=r"^[a-z0-9]{12}$", examples=["k3v9x2m1q8ab"])]
@@ -124,6 +124,37 @@ class MachineOut(BaseModel):
 
 class MachineList(BaseModel):
     machines: list[MachineOut]
+
+
+class DeliveryOut(BaseModel):
+    event_id: int = Field(description="the event's id, sent as Velocity-Delivery (the same on every retry)")
+    preview_id: str
+    kind: str = Field(description="preview.created, preview.ready, preview.failed or preview.stopped")
+    attempt: int
+    at: datetime
+    delivered: bool
+    final: bool = Field(description="the last attempt for the event: delivered, or given up on")
+    status_code: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery) -> DeliveryOut:
+        return cls(
+            event_id=delivery.event_id,
+            preview_id=delivery.preview_id,
+            kind=delivery.kind,
+            attempt=delivery.attempt,
+            at=delivery.at,
+            delivered=delivery.delivered,
+            final=delivery.final,
+            status_code=delivery.status_code,
+            error=delivery.error,
+        )
+
+
+class DeliveryList(BaseModel):
+    enabled: bool = Field(description="whether WEBHOOK_URL is set")
+    deliveries: list[DeliveryOut] = Field(description="the latest attempts, newest first")
 
 
 class MaintenanceOut(BaseModel):

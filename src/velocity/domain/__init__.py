@@ -36,6 +36,7 @@ from velocity.domain.models import (
     PreviewEvent,
     PreviewState,
     Project,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -69,4 +70,5 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "WebhookDelivery",
 ]

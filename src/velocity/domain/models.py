@@ -123,3 +123,18 @@ class PreviewEvent:
     at: datetime
     state: PreviewState
     detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One attempt to deliver a preview event as a webhook."""
+
+    event_id: int
+    preview_id: str
+    kind: str  # preview.created, preview.ready...
+    attempt: int
+    at: datetime
+    delivered: bool
+    final: bool  # the last attempt: delivered, or given up on
+    status_code: int | None = None
+    error: str | None = None

@@ -31,6 +31,7 @@ from velocity.domain import (
     PreviewState,
     Project,
     QuotaExceeded,
+    WebhookDelivery,
 )
 from velocity.store.tables import (
     instances,
@@ -40,6 +41,7 @@ from velocity.store.tables import (
     projects,
     snapshots,
     used_links,
+    webhook_deliveries,
 )
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -440,6 +442,86 @@ class Store:
             query = query.where(projects.c.owner_id == owner_id)
         async with self._engine.connect() as conn:
             return [_project(row) for row in (await conn.execute(query)).mappings()]
+
+    # --- webhooks (velocity.loops.webhooks) -------------------------------------------------------
+    @_whole
+    async def last_event_id(self) -> int:
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(sa.select(sa.func.max(preview_events.c.id)))).scalar()
+        return int(found or 0)
+
+    @_whole
+    async def first_delivered_event_id(self) -> int | None:
+        """The oldest event any delivery attempt was made for (None: webhooks never sent one)."""
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(sa.select(sa.func.min(webhook_deliveries.c.event_id)))).scalar()
+        return None if found is None else int(found)
+
+    @_whole
+    async def undelivered_events(
+        self, *, after_id: int, since: datetime, states: Collection[PreviewState], limit: int = 100
+    ) -> list[tuple[int, PreviewEvent]]:
+        """Events past ``after_id`` and ``since`` in ``states`` with no final delivery attempt, oldest
+        first (an event whose transaction committed late is still found: no cursor skips it)."""
+        finished = sa.select(webhook_deliveries.c.event_id).where(webhook_deliveries.c.final)
+        query = (
+            preview_events.select()
+            .where(
+                preview_events.c.id > after_id,
+                preview_events.c.at >= since,
+                preview_events.c.state.in_([state.value for state in states]),
+                preview_events.c.id.not_in(finished),
+            )
+            .order_by(preview_events.c.id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            (
+                row["id"],
+                PreviewEvent(row["preview_id"], _utc(row["at"]), PreviewState(row["state"]), row["detail"]),
+            )
+            for row in rows
+        ]
+
+    @_whole
+    async def record_delivery(self, delivery: WebhookDelivery) -> None:
+        async with self._writing() as conn:
+            await conn.execute(
+                webhook_deliveries.insert().values(
+                    event_id=delivery.event_id,
+                    preview_id=delivery.preview_id,
+                    kind=delivery.kind,
+                    attempt=delivery.attempt,
+                    status_code=delivery.status_code,
+                    error=delivery.error,
+                    at=delivery.at,
+                    delivered=delivery.delivered,
+                    final=delivery.final,
+                )
+            )
+
+    @_whole
+    async def deliveries(self, *, limit: int = 100) -> list[WebhookDelivery]:
+        """The latest attempts, newest first."""
+        query = webhook_deliveries.select().order_by(webhook_deliveries.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            WebhookDelivery(
+                event_id=row["event_id"],
+                preview_id=row["preview_id"],
+                kind=row["kind"],
+                attempt=row["attempt"],
+                at=_utc(row["at"]),
+                delivered=row["delivered"],
+                final=row["final"],
+                status_code=row["status_code"],
+                error=row["error"],
+            )
+            for row in rows
+        ]
 
 
 def _serialise_sqlite_writers(engine: AsyncEngine) -> None:

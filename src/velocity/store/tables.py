@@ -102,3 +102,20 @@ leases = sa.Table(
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Each attempt to deliver a preview event as a webhook (velocity.loops.webhooks); an event with a
+# ``final`` attempt is done, delivered or given up on.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.Integer, nullable=False, index=True),
+    sa.Column("preview_id", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered", sa.Boolean, nullable=False),
+    sa.Column("final", sa.Boolean, nullable=False),
+)
