@@ -129,6 +129,36 @@ async def test_the_preview_commands_import_create_list_log_and_remove(live: Live
     assert "project no-such-project not found" in missing.stderr
 
 
+async def test_watch_shows_the_previews_and_logs_follow_until_the_preview_ends(live: Live) -> None:
+    """``previews watch`` draws the table (the URL whole in 80 columns); ``previews logs -f`` prints
+    the tail, then follows, and returns once the preview has stopped."""
+    await live.import_project(EXAMPLE, "watched")
+    ready = await live.settled((await live.create("watched"))["id"])
+    watched = await asyncio.to_thread(run, live, "previews", "watch", "--times", "1", columns=80)
+    assert watched.returncode == 0, watched.stderr
+    assert ready["id"] in watched.stdout and ready["url"] in watched.stdout, watched.stdout
+    env = {**os.environ, "VELOCITY_TOKEN": live.token}
+    following = await asyncio.create_subprocess_exec(
+        VELOCITY, "previews", "logs", ready["id"], "-f", "--url", f"http://127.0.0.1:{live.port}",
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert following.stdout is not None
+        async with asyncio.timeout(30):
+            while b"ready in" not in await following.stdout.readline():
+                pass
+        removed = await live.api.delete(f"/v1/previews/{ready['id']}")
+        assert removed.status_code == 200
+        async with asyncio.timeout(30):
+            _, err = await following.communicate()
+    finally:
+        if following.returncode is None:
+            following.kill()
+            await following.wait()
+    assert following.returncode == 0
+    assert "the preview stopped" in err.decode()
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()

@@ -61,7 +61,7 @@ def emulator_url() -> Iterator[str]:
             process.stderr.close()
 
 
-def invoke(url: str, app: str, *args: str, token: str = TOKEN) -> tuple[int, str]:
+def invoke(url: str, app: str, *args: str, token: str = TOKEN, columns: int = 200) -> tuple[int, str]:
     env = {
         "FLY_API_BASE_URL": url,
         "FLY_API_TOKEN": token,
@@ -69,7 +69,7 @@ def invoke(url: str, app: str, *args: str, token: str = TOKEN) -> tuple[int, str
         "FLY_REGIONS": "ord",
         "PREVIEW_CONTAINER_IMAGE": IMAGE,
         "PREVIEW_PROVIDER": "local",
-        "COLUMNS": "200",
+        "COLUMNS": str(columns),
     }
     result = CliRunner().invoke(fly_app, list(args), env=env)
     return result.exit_code, result.output
@@ -135,27 +135,35 @@ def test_smoke_test_fails_on_a_bad_token(emulator_url: str) -> None:
 
 
 def test_machines_are_listed_counted_and_the_stuck_ones_destroyed(emulator_url: str) -> None:
-    """``ls`` shows ours with preview and user, ``count`` totals them, ``stuck --destroy`` removes them."""
+    """``ls`` shows ours with preview and user, ``count`` totals them, ``stuck --destroy`` removes them;
+    ids are printed whole even in a narrow terminal, to be copied."""
     headers = {"authorization": f"Bearer {TOKEN}"}
-    metadata = {"velocity_owner": "velocity-previews", "velocity_preview_id": "pv-cli", "user_id": "u-cli"}
+    metadata = {
+        "velocity_owner": "velocity-previews",
+        "velocity_preview_id": "pv-cli-0123456789",
+        "user_id": "u-cli",
+    }
+    ids = []
     for config in ({"image": IMAGE, "metadata": metadata}, {"image": IMAGE}):
         response = httpx.post(
             f"{emulator_url}/v1/apps/cli-machines/machines", json={"config": config}, headers=headers
         )
         response.raise_for_status()
-    code, output = invoke(emulator_url, "cli-machines", "machines", "ls")
+        ids.append(response.json()["id"])
+    code, output = invoke(emulator_url, "cli-machines", "machines", "ls", columns=50)
     assert code == 0
-    assert "pv-cli" in output and "u-cli" in output
+    assert ids[0] in output and "pv-cli-0123456789" in output and "u-cli" in output, output
     assert invoke(emulator_url, "cli-machines", "machines", "count")[1].startswith("1 ")
     assert invoke(emulator_url, "cli-machines", "machines", "count", "--all")[1].startswith("2 ")
     assert (
         "0 machine(s)" in invoke(emulator_url, "cli-machines", "machines", "stuck", "--older-than", "1h")[1]
     )
     code, output = invoke(
-        emulator_url, "cli-machines", "machines", "stuck", "--older-than", "0s", "--destroy"
+        emulator_url, "cli-machines", "machines", "stuck", "--older-than", "0s", "--destroy", columns=50
     )
     assert code == 0
-    assert "destroyed" in output
+    assert ids[0] in output and "pv-cli-0123456789" in output, output
+    assert "1 machine(s) older than 0s or wedged for 5m; 1 destroyed" in " ".join(output.split())
     deadline = time.monotonic() + 10
     while not invoke(emulator_url, "cli-machines", "machines", "count")[1].startswith("0"):
         assert time.monotonic() < deadline

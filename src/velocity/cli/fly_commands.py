@@ -206,13 +206,24 @@ def machines_ls(
         for machine in machines:
             console.print_json(json.dumps(_row(machine)))
         return
-    table = Table("machine", "preview", "user", "project", "state", "region", "age")
-    for machine in machines:
-        row = _row(machine)
-        table.add_row(
-            *(str(row[key]) for key in ("id", "preview", "user", "project", "state", "region", "age"))
-        )
-    console.print(table)
+    keys = ("id", "preview", "user", "project", "state", "region", "age")
+    rows = [[str(_row(machine)[key]) for key in keys] for machine in machines]
+    console.print(_table(["machine", "preview", "user", "project", "state", "region", "age"], rows, whole=3))
+
+
+def _table(headers: list[str], rows: list[list[str]], *, whole: int) -> Table:
+    """A table whose first ``whole`` columns (ids) are never cut short, being there to be copied;
+    the others give way in a narrow terminal."""
+    table = Table()
+    for index, header in enumerate(headers):
+        if index < whole:
+            widest = max([len(header), *(len(row[index]) for row in rows)])
+            table.add_column(header, no_wrap=True, overflow="ignore", min_width=widest)
+        else:
+            table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @machines_app.command("count")
@@ -251,17 +262,31 @@ def machines_stuck(
                 for m in found
                 if (why := stuck_reason(m, now, older_than=limit, wedged_after=wedged))
             ]
+            rows = []
             for machine, why in stuck:
-                line = f"{machine['id']} {machine.get('state')} {why}"
+                metadata = machine.get("config", {}).get("metadata") or {}
+                row = [
+                    machine["id"],
+                    metadata.get(META_PREVIEW_ID, "-"),
+                    metadata.get(META_USER_ID, "-"),
+                    str(machine.get("state")),
+                    why,
+                ]
                 if destroy:
                     try:
                         await provider.destroy(machine["id"], force=True)
-                        line += " [green]destroyed[/green]"
+                        row.append("[green]yes[/green]")
                     except PreviewError as exc:
                         failures += 1
-                        line += f" [red]not destroyed: {exc.message}[/red]"
-                console.print(line)
-            console.print(f"{len(stuck)} machine(s) older than {older_than} or wedged for {wedged_after}")
+                        row.append(f"[red]no: {exc.message}[/red]")
+                rows.append(row)
+            if stuck:
+                headers = ["machine", "preview", "user", "state", "why", *(["destroyed"] if destroy else [])]
+                console.print(_table(headers, rows, whole=3))
+            summary = f"{len(stuck)} machine(s) older than {older_than} or wedged for {wedged_after}"
+            if destroy:
+                summary += f"; {len(stuck) - failures} destroyed"
+            console.print(summary)
         finally:
             await provider.aclose()
         return failures

@@ -8,17 +8,19 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from velocity.auth import Caller
 from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
-from velocity.cli.progress import follow
+from velocity.cli.progress import events, follow
 from velocity.cli.push import Pusher, push_command
 from velocity.domain import ConfigError, PreviewError, PreviewState, ProviderError
 from velocity.projects import pack_directory
@@ -304,12 +306,69 @@ def previews_rm(preview_id: str, url: Url = None, token: Token = None) -> None:
 def previews_logs(
     preview_id: str,
     tail: Annotated[int, typer.Option(help="how many lines")] = 200,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="then print new lines as they come, until the preview ends")
+    ] = False,
     url: Url = None,
     token: Token = None,
 ) -> None:
     """Print the dev server's output."""
-    body = Api(_settings(), url=url, token=token).call(
-        "GET", f"/v1/previews/{preview_id}/logs", params={"tail": tail}
-    )
+    api = Api(_settings(), url=url, token=token)
+    body = api.call("GET", f"/v1/previews/{preview_id}/logs", params={"tail": tail})
     for line in body["lines"]:
         typer.echo(line["line"])
+    if not follow_:
+        return
+    try:
+        for kind, data in events(api, preview_id):
+            if kind == "log":
+                typer.echo(data.get("line", ""))
+            elif kind == "state" and data.get("state") in ("stopped", "failed"):
+                typer.secho(
+                    f"the preview {data['state']}" + (f": {data['detail']}" if data.get("detail") else ""),
+                    err=True,
+                )
+    except KeyboardInterrupt:
+        return
+
+
+@previews_app.command("watch")
+def previews_watch(
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    times: Annotated[int, typer.Option(help="refreshes before it ends (0: until Ctrl-C)")] = 0,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Your previews as a live table: state, what a booting one is doing, age, URL."""
+    api = Api(_settings(), url=url, token=token)
+    shown = 0
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                live.update(_previews_table(api.call("GET", "/v1/previews")["previews"]), refresh=True)
+                shown += 1
+                if times and shown >= times:
+                    return
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _previews_table(previews: list[dict[str, Any]]) -> Table:
+    table = Table("id", "project", "state", "stage", "age")
+    widest = max((len(p["url"]) for p in previews), default=3)
+    table.add_column("url", no_wrap=True, min_width=widest, overflow="ignore")
+    now = datetime.now(UTC)
+    for p in previews:
+        age = now - datetime.fromisoformat(p["created_at"].replace("Z", "+00:00"))
+        table.add_row(p["id"], p["project_id"], p["state"], p.get("stage") or "", _age(age), p["url"])
+    return table
+
+
+def _age(age: timedelta) -> str:
+    seconds = max(0, int(age.total_seconds()))
+    return (
+        f"{seconds // 60}m{seconds % 60:02d}s"
+        if seconds < 3600
+        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    )
