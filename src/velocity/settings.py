@@ -274,6 +274,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a bare host name such as preview.example.com")
         return value.lower().strip(".")
 
+    machine_hourly_cost_usd: float = Field(
+        0.0079,
+        ge=0,
+        description="MACHINE_HOURLY_COST_USD: what one preview machine costs an hour, for the dashboard's "
+        "cost so far (default: Fly's shared-cpu-1x with 1 GB)",
+    )
+
     # --- Webhooks (docs/operations.md) ------------------------------------------------------------
     webhook_url: str | None = Field(
         None,

@@ -11,6 +11,7 @@ starter's three files written out, on Astro 5 (6 needs Node.js 22).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,7 +40,8 @@ MEMORY_MB = 512
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def booting(npm_cache: Path) -> AsyncIterator[tuple[Live, dict[str, str]]]:
     """One orchestrator with every framework's preview created at once: their installs (mostly
-    waiting on the registry) overlap, and each test then takes its own."""
+    waiting on the registry) overlap. Each test then looks at its own once all have settled, so
+    that no browser competes with five dev servers still compiling."""
     async with live_orchestrator(
         npm_cache=npm_cache, container_memory_mb=MEMORY_MB, max_containers_per_user=len(CASES)
     ) as live:
@@ -47,6 +49,7 @@ async def booting(npm_cache: Path) -> AsyncIterator[tuple[Live, dict[str, str]]]
         for fixture in CASES:
             await live.import_project(FRAMEWORKS / fixture, fixture)
             ids[fixture] = (await live.create(fixture))["id"]
+        await asyncio.gather(*(live.settled(preview_id, timeout=300) for preview_id in ids.values()))
         yield live, ids
 
 

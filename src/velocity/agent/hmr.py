@@ -28,6 +28,7 @@ from websockets.typing import Subprotocol
 CHECK_SECONDS = 30.0
 ANSWER_SECONDS = 5.0
 _TOKEN = re.compile(rb'const wsToken = "([^"]*)"')
+VITE_CLIENT_MARK = b"[vite]"  # in Vite's client's own messages ("[vite] connecting...")
 
 
 async def check(port: int, *, next_js: bool) -> tuple[str, str | None]:
@@ -39,7 +40,7 @@ async def check(port: int, *, next_js: bool) -> tuple[str, str | None]:
             answer = await client.get(f"http://127.0.0.1:{port}/@vite/client")
     except httpx.HTTPError as exc:
         return "unknown", f"the dev server did not answer /@vite/client: {type(exc).__name__}"
-    if answer.status_code != 200:
+    if answer.status_code != 200 or VITE_CLIENT_MARK not in answer.content:
         return "unknown", "no hot-reload channel the agent knows (not Vite or Next.js)"
     token = _TOKEN.search(answer.content)
     query = f"?token={token.group(1).decode()}" if token else ""

@@ -1,9 +1,11 @@
 """The FastAPI application and its routes."""
 
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -16,6 +18,8 @@ from velocity.api.schemas import (
     DeliveryOut,
     ErrorOut,
     Health,
+    History,
+    HistoryEvent,
     LogLine,
     Logs,
     LoopOut,
@@ -54,6 +58,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     502: {"model": ErrorOut, "description": "the machine or its agent failed"},
     503: {"model": ErrorOut, "description": "the machine backend is busy or down", "headers": _RETRY_AFTER},
 }
+
+# The operators' dashboard (``GET /admin``): HTML and JavaScript in one file, no build step.
+ADMIN_PAGE = (resources.files("velocity.api") / "admin.html").read_text(encoding="utf-8")
 
 
 def create_api(
@@ -103,6 +110,7 @@ def create_api(
     events.install(
         app,
         user=user,
+        operator=operator,
         previews=previews,
         events=preview_events or PreviewEvents(previews, listen=None),
         settings=settings,
@@ -189,6 +197,40 @@ def create_api(
     async def admin_machines(_who: Operator) -> MachineList:
         """The machines of ours the provider knows, with the preview each belongs to."""
         return MachineList(machines=[MachineOut.of(m) for m in await previews.machines()])
+
+    @app.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        """The operators' dashboard: one page, no build step; its data come from the admin API with
+        the operator's token, which the page asks for (or takes from ``#token=`` in its link)."""
+        page = ADMIN_PAGE.replace("__HOURLY_COST__", str(settings.machine_hourly_cost_usd))
+        return HTMLResponse(page, headers={"cache-control": "no-store", "x-frame-options": "DENY"})
+
+    @app.get("/v1/admin/previews/{preview_id}/history", response_model=History, tags=["admin"])
+    async def admin_history(preview_id: PreviewPath, who: Operator) -> History:
+        """The states a preview entered, with when and why."""
+        found = await previews.events(who, preview_id)
+        return History(
+            preview_id=preview_id,
+            events=[HistoryEvent(id=i, state=e.state.value, detail=e.detail, at=e.at) for i, e in found],
+        )
+
+    @app.post("/v1/admin/previews/{preview_id}/extend", response_model=PreviewOut, tags=["admin"])
+    async def admin_extend(
+        preview_id: PreviewPath,
+        _who: Operator,
+        minutes: Annotated[float, Query(gt=0, le=24 * 60, description="how much longer it may live")] = 30,
+    ) -> PreviewOut:
+        """Let a live preview live longer than MAX_CONTAINER_LIFETIME_MINUTES allowed it."""
+        return out(await previews.extend(preview_id, minutes))
+
+    @app.post("/v1/admin/machines/{machine_id}/destroy", status_code=204, tags=["admin"])
+    async def admin_destroy_machine(
+        machine_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a machine id")],
+        _who: Operator,
+    ) -> Response:
+        """Destroy one of our machines now; its preview fails at the next maintenance pass."""
+        await previews.destroy_machine(machine_id)
+        return Response(status_code=204)
 
     @app.get("/v1/admin/webhooks", response_model=DeliveryList, tags=["admin"])
     async def admin_webhooks(_who: Operator) -> DeliveryList:

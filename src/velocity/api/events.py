@@ -36,11 +36,13 @@ def install(
     app: FastAPI,
     *,
     user: Callable[..., Awaitable[Caller]],
+    operator: Callable[..., Awaitable[Caller]],
     previews: PreviewService,
     events: PreviewEvents,
     settings: Settings,
 ) -> None:
     User = Annotated[Caller, Depends(user)]
+    Operator = Annotated[Caller, Depends(operator)]
     PreviewPath = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="a preview id")]
 
     @app.get(
@@ -61,6 +63,27 @@ def install(
 
         async def body() -> AsyncIterator[bytes]:
             async for event in events.stream(who, preview_id, after_id=after):
+                yield encode(event)
+
+        headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+    @app.get(
+        "/v1/admin/events",
+        response_class=StreamingResponse,
+        tags=["admin"],
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def all_events(
+        _who: Operator,
+        last_event_id: Annotated[str | None, Header(description="resume after this state event")] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: ``state`` for every preview's every change (with ``preview_id``), from
+        now on or after ``Last-Event-ID`` (the operators' dashboard, ``/admin``)."""
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+
+        async def body() -> AsyncIterator[bytes]:
+            async for event in events.everything(after_id=after):
                 yield encode(event)
 
         headers = {"cache-control": "no-store", "x-accel-buffering": "no"}

@@ -20,6 +20,7 @@ class CreatePreview(BaseModel):
 
 class PreviewOut(BaseModel):
     id: str
+    user_id: str
     project_id: str
     state: str
     stage: str
@@ -43,6 +44,7 @@ class PreviewOut(BaseModel):
     ) -> PreviewOut:
         return cls(
             id=preview.id,
+            user_id=preview.user_id,
             project_id=preview.project_id,
             state=preview.state.value,
             stage=stage or preview.state.value,
@@ -124,6 +126,18 @@ class MachineOut(BaseModel):
 
 class MachineList(BaseModel):
     machines: list[MachineOut]
+
+
+class HistoryEvent(BaseModel):
+    id: int
+    state: str
+    detail: str | None
+    at: datetime
+
+
+class History(BaseModel):
+    preview_id: str
+    events: list[HistoryEvent] = Field(description="the states the preview entered, oldest first")
 
 
 class DeliveryOut(BaseModel):

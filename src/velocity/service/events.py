@@ -10,6 +10,7 @@ ends once the preview has stopped or failed and its last state change has been s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,8 @@ AGENT_EVENTS: Final = frozenset({STATUS, LOG})
 MAX_WAITING: Final = 1000
 # How long the stream may stay silent: a keepalive (``None``) is yielded after this many seconds.
 KEEPALIVE_SECONDS: Final = 15.0
+# How often the stream of every preview's changes reads the store.
+ALL_POLL_SECONDS: Final = 1.0
 
 Listener = Callable[[str, Any], None]
 Listen = Callable[[str, Listener], Callable[[], None]]
@@ -52,9 +55,11 @@ class PreviewEvents:
         self._listen = listen
         self._keepalive = keepalive
         self._watchers: dict[_Feed, asyncio.Task[None]] = {}
+        self._closing = asyncio.Event()
 
     async def aclose(self) -> None:
         """End every open stream and wait for their watchers (the orchestrator is stopping)."""
+        self._closing.set()
         for feed in self._watchers:
             feed.stop.set()
             feed.queue.put_nowait(None)
@@ -90,6 +95,34 @@ class PreviewEvents:
             feed.stop.set()
             if unlisten is not None:
                 unlisten()
+
+    async def everything(self, *, after_id: int | None = None) -> AsyncIterator[StreamEvent | None]:
+        """Every preview's state changes after store event ``after_id`` (None: from now on), for the
+        operators' dashboard; ``None`` is a keepalive. Read from the store every
+        ``ALL_POLL_SECONDS``, so the changes other replicas make are in it too."""
+        last = after_id if after_id is not None else await self._previews.last_event_id()
+        quiet = 0.0
+        while not self._closing.is_set():
+            found = await self._previews.all_events(after_id=last)
+            for event_id, event in found:
+                last = event_id
+                data = {
+                    "preview_id": event.preview_id,
+                    "state": event.state.value,
+                    "detail": event.detail,
+                    "at": _iso(event.at),
+                }
+                yield StreamEvent("state", data, id=event_id)
+            if found:
+                quiet = 0.0
+                continue
+            quiet += ALL_POLL_SECONDS
+            if quiet >= self._keepalive:
+                quiet = 0.0
+                yield None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ALL_POLL_SECONDS):
+                    await self._closing.wait()
 
     async def _states(self, caller: Caller, preview_id: str, after_id: int, feed: _Feed) -> None:
         try:

@@ -182,8 +182,9 @@ class PreviewService:
         return outcome
 
     async def get(self, caller: Caller, preview_id: str) -> Preview:
+        """The caller's preview (an operator's: anyone's, for the dashboard)."""
         preview = await self._store.find_preview(preview_id)
-        if preview is None or preview.user_id != caller.subject:
+        if preview is None or (preview.user_id != caller.subject and not caller.operator):
             # Someone else's preview is indistinguishable from one that does not exist.
             raise NotFound(f"preview {preview_id} not found")
         return preview
@@ -213,7 +214,35 @@ class PreviewService:
 
     async def delete(self, caller: Caller, preview_id: str) -> Preview:
         preview = await self.get(caller, preview_id)
-        return await self.stop(preview, "deleted by its owner")
+        reason = "deleted by its owner" if preview.user_id == caller.subject else "stopped by an operator"
+        return await self.stop(preview, reason)
+
+    async def extend(self, preview_id: str, minutes: float) -> Preview:
+        """An operator's extension of a live preview's lifetime by ``minutes``."""
+        preview = await self._store.find_preview(preview_id)
+        if preview is None:
+            raise NotFound(f"preview {preview_id} not found")
+        if not preview.is_live:
+            raise PreviewGone(f"preview {preview_id} is {preview.state.value}; it cannot be extended")
+        longer = preview.expires_at + timedelta(minutes=minutes)
+        updated = await self._update(preview_id, expect=LIVE_STATES, expires_at=longer)
+        if updated is None:
+            raise PreviewGone(f"preview {preview_id} ended meanwhile")
+        return updated
+
+    async def all_events(self, *, after_id: int) -> list[tuple[int, PreviewEvent]]:
+        """Every preview's state changes past ``after_id`` (for operators)."""
+        return await self._store.events_after(after_id)
+
+    async def last_event_id(self) -> int:
+        return await self._store.last_event_id()
+
+    async def destroy_machine(self, machine_id: str) -> None:
+        """An operator's destroy of one of our machines; the next maintenance pass settles its
+        preview (``its machine is gone``)."""
+        if not any(m.id == machine_id for m in await self.machines()):
+            raise NotFound(f"machine {machine_id} is not one of ours")
+        await self._provider.destroy(machine_id, force=True)
 
     async def keepalive(self, caller: Caller, preview_id: str) -> Preview:
         preview = await self.get(caller, preview_id)

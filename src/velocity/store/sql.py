@@ -451,6 +451,25 @@ class Store:
         return int(found or 0)
 
     @_whole
+    async def events_after(self, after_id: int, *, limit: int = 500) -> list[tuple[int, PreviewEvent]]:
+        """Every preview's events past ``after_id``, oldest first (the operators' dashboard)."""
+        query = (
+            preview_events.select()
+            .where(preview_events.c.id > after_id)
+            .order_by(preview_events.c.id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            (
+                row["id"],
+                PreviewEvent(row["preview_id"], _utc(row["at"]), PreviewState(row["state"]), row["detail"]),
+            )
+            for row in rows
+        ]
+
+    @_whole
     async def first_delivered_event_id(self) -> int | None:
         """The oldest event any delivery attempt was made for (None: webhooks never sent one)."""
         async with self._engine.connect() as conn:
