@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from velocity.api import create_api
 from velocity.api.limits import BodyLimit
+from velocity.api.request_ids import RequestIds
 from velocity.auth import AGENT_ROLE, JwksCache, SigningKey, TokenIssuer, TokenVerifier, load_or_create_secret
 from velocity.auth.jwks import Fetch
 from velocity.clock import Clock, SystemClock
@@ -227,7 +228,7 @@ class Runtime:
             webhook_deliveries=self.store.deliveries,
         )
         limited = BodyLimit(
-            api,
+            RequestIds(api),
             default=self.settings.max_request_body_bytes,
             prefixes={"/v1/projects/": self.settings.max_project_bytes * 2},
         )

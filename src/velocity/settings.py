@@ -274,6 +274,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a bare host name such as preview.example.com")
         return value.lower().strip(".")
 
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="LOG_FORMAT: json (one object per line), console (key=value text), or auto: "
+        "console in a terminal, json otherwise",
+    )
     machine_hourly_cost_usd: float = Field(
         0.0079,
         ge=0,

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from velocity import logs
 from velocity.auth import Caller
 from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
@@ -83,9 +84,9 @@ DataDir = Annotated[
 ]
 
 
-def _logging(verbose: int = 0) -> None:
+def _logging(verbose: int = 0, log_format: str = "auto") -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level=level, json_lines={"json": True, "console": False}.get(log_format))
     for name, quiet in CHATTY.items():
         logging.getLogger(name).setLevel(level if verbose else quiet)
 
@@ -106,8 +107,8 @@ def up(
 ) -> None:
     """Start the orchestrator, preview a project (the bundled example by default) and follow its
     edits, as `vite dev` would; serve until Ctrl-C."""
-    _logging(verbose)
     settings = _listen_settings(host, port, data_dir)
+    _logging(verbose, settings.log_format)
     try:
         _until_done(_up(settings, project, project_id, watch=watch))
     except PreviewError as exc:
@@ -188,8 +189,8 @@ def serve(
     verbose: Verbose = 0,
 ) -> None:
     """Run the orchestrator (API, router, reaper and reconciler) until Ctrl-C."""
-    _logging(verbose)
     settings = _listen_settings(host, port, data_dir)
+    _logging(verbose, settings.log_format)
 
     async def main() -> None:
         async with running(settings, stop_previews=not keep_previews, handle_signals=True) as orchestrator:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from velocity import metrics
+from velocity import logs, metrics
 from velocity.auth import Caller, TokenIssuer
 from velocity.clock import Clock
 from velocity.domain import (
@@ -178,6 +178,8 @@ class PreviewService:
             raise
         metrics.PREVIEW_CREATES.labels("created" if outcome.created else "existing").inc()
         if outcome.created:
+            with logs.bound(preview_id=preview.id, user_id=preview.user_id):
+                log.info("preview created for project %s", preview.project_id)
             self._tasks.start(f"launch:{preview.id}", self._launch(preview))
         return outcome
 
@@ -414,6 +416,8 @@ class PreviewService:
         return hashlib.sha256(f"{preview.user_id}\0{key}".encode()).hexdigest()[:32]
 
     async def _launch(self, preview: Preview) -> None:
+        # Its own task: what is bound here is on this preview's lines alone (velocity.logs).
+        logs.bind(preview_id=preview.id, user_id=preview.user_id)
         # A burst of thousands queues here, in order, rather than as thousands of calls waiting
         # for the provider's and the database's connections until they time out.
         async with self._creating:
@@ -432,6 +436,7 @@ class PreviewService:
                 updated_at=self._clock.now(),
                 detail=f"machine {machine.id} created",
             )
+        logs.bind(machine_id=machine.id)
         if booting is None:  # deleted while the machine was being made
             await self._destroy(machine.id)
             return
@@ -495,7 +500,9 @@ class PreviewService:
         )
         self._endpoints[preview.id] = endpoint
         if ready is not None:
-            metrics.TIME_TO_READY.observe((now - preview.created_at).total_seconds())
+            took = (now - preview.created_at).total_seconds()
+            metrics.TIME_TO_READY.observe(took)
+            log.info("preview ready after %.2f s", took)
             self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
 
     async def _machine_exit(self, machine_id: str, *, born: datetime | None = None) -> str | None:
@@ -534,6 +541,11 @@ class PreviewService:
         preview = await self._store.find_preview(preview_id)
         if preview is None or not preview.is_live:
             return preview
+        with logs.bound(preview_id=preview.id, user_id=preview.user_id, machine_id=preview.machine_id):
+            return await self._fail(preview, reason)
+
+    async def _fail(self, preview: Preview, reason: str) -> Preview | None:
+        preview_id = preview.id
         lines = await self._last_lines(preview)
         failed = await self._update(
             preview_id,
@@ -550,6 +562,10 @@ class PreviewService:
 
     async def stop(self, preview: Preview, reason: str) -> Preview:
         """Stop a preview for good: ``stopping``, machine destroyed, ``stopped``."""
+        with logs.bound(preview_id=preview.id, user_id=preview.user_id, machine_id=preview.machine_id):
+            return await self._stop(preview, reason)
+
+    async def _stop(self, preview: Preview, reason: str) -> Preview:
         stopping = await self._update(
             preview.id,
             expect=LIVE_STATES - {PreviewState.STOPPING},
@@ -561,9 +577,11 @@ class PreviewService:
             return await self._store.get_preview(preview.id)
         self._stopping.add(preview.id)
         try:
-            return await self._finish_stop(stopping, why=end_reason(reason))
+            stopped = await self._finish_stop(stopping, why=end_reason(reason))
         finally:
             self._stopping.discard(preview.id)
+        log.info("preview stopped: %s", reason)
+        return stopped
 
     async def _finish_stop(self, stopping: Preview, *, why: str | None = None) -> Preview:
         """From ``stopping``: keep the last log lines, destroy the machine, ``stopped``."""
