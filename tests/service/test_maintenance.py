@@ -76,6 +76,24 @@ async def test_a_machine_of_ours_with_no_live_preview_is_destroyed(world: World)
     assert (await world.provider.get(someone_elses.id)).state == MachineState.STARTED
 
 
+async def test_a_second_machine_of_a_live_preview_is_destroyed_and_its_own_kept(world: World) -> None:
+    """A machine made for a preview by an earlier attempt (a create whose answer was lost, a launch
+    killed before it wrote the id) is an orphan once the preview has its machine; while a preview has
+    none yet, a machine of its is the one being made and is left alone."""
+    preview_id = await ready_preview(world)
+    preview = await world.store.get_preview(preview_id)
+    spec = MachineSpec(
+        image="x", memory_mb=512, cpus=1, cpu_kind="shared", internal_port=8080, env={},
+        metadata={META_OWNER: OWNER_VALUE, META_PREVIEW_ID: preview_id},
+    )  # fmt: skip
+    earlier = await world.provider.create(spec)
+    done = await maintenance_pass(world.service)
+    assert done == [f"destroyed orphan machine {earlier.id}"]
+    assert (await world.provider.get(earlier.id)).state == MachineState.DESTROYED
+    assert preview.machine_id is not None
+    assert (await world.provider.get(preview.machine_id)).state == MachineState.STARTED
+
+
 async def test_a_live_preview_whose_machine_vanished_fails(world: World) -> None:
     """Someone destroyed the machine behind our back: the preview fails, saying so."""
     preview_id = await ready_preview(world)

@@ -52,14 +52,16 @@ def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) ->
     """Machines of ours that no live preview owns: each is money burning."""
     live = list(live)
     owned = {p.machine_id for p in live if p.machine_id}
-    live_ids = {p.id for p in live}
+    # A machine whose preview is live but has no machine recorded yet is being created right now. One
+    # whose preview has another machine is left from an earlier attempt (a create whose answer was
+    # lost, a launch killed before it wrote the id): an orphan like any other.
+    being_created = {p.id for p in live if not p.machine_id}
     return [
         m
         for m in machines
         if not m.state.is_gone
         and m.id not in owned
-        # A machine whose preview is live but whose id is not yet recorded is being created right now.
-        and m.metadata.get("velocity_preview_id") not in live_ids
+        and m.metadata.get("velocity_preview_id") not in being_created
     ]
 
 

@@ -676,11 +676,16 @@ class PreviewService:
         machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
         live = await self._store.list_previews(states=LIVE_STATES)
         done += await self._destroy_stuck(machines, live)
+        destroyed = set()
         for machine in machines_to_destroy(machines, live):
+            destroyed.add(machine.id)
             await self._destroy(machine.id)
             metrics.MAINTENANCE_ACTIONS.labels("destroy", "orphan").inc()
             done.append(f"destroyed orphan machine {machine.id}")
-        by_preview = {m.metadata.get(META_PREVIEW_ID): m for m in machines}
+        by_id = {m.id: m for m in machines}
+        # A preview's own machine is the one it recorded; the one its metadata names only while it
+        # has none yet (any other was an orphan, destroyed above).
+        by_preview = {m.metadata.get(META_PREVIEW_ID): m for m in machines if m.id not in destroyed}
         # Another replica that still beats launches and watches its own previews; those of replicas
         # gone quiet (and of none) are this one's to finish.
         others = await self._store.live_instances(since=self._clock.now() - self.limits.replica_timeout)
@@ -701,7 +706,7 @@ class PreviewService:
                 continue
             if self._tasks.running(f"launch:{preview.id}"):
                 continue
-            found = by_preview.get(preview.id)
+            found = by_id.get(preview.machine_id) if preview.machine_id else by_preview.get(preview.id)
             if found is None:
                 # The list was read before the rows, and the pass takes a while: the row may have
                 # moved on since (a launch that finished, a stop), with a machine the list missed.
