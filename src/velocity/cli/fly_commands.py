@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from velocity.cli.tables import age, table
 from velocity.domain import ConfigError, Machine, PreviewError
 from velocity.providers.base import META_OWNER, META_PREVIEW_ID, META_PROJECT_ID, META_USER_ID, OWNER_VALUE
 from velocity.settings import Settings, load_settings
@@ -39,6 +39,10 @@ _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _TRANSIENT = frozenset(
     {"creating", "starting", "stopping", "restarting", "suspending", "destroying", "updating", "replacing"}
 )
+
+
+# Columns printed whole in the machine tables: the ids, to be copied.
+WHOLE = {"machine", "preview", "user"}
 
 
 def parse_age(text: str) -> timedelta:
@@ -208,22 +212,8 @@ def machines_ls(
         return
     keys = ("id", "preview", "user", "project", "state", "region", "age")
     rows = [[str(_row(machine)[key]) for key in keys] for machine in machines]
-    console.print(_table(["machine", "preview", "user", "project", "state", "region", "age"], rows, whole=3))
-
-
-def _table(headers: list[str], rows: list[list[str]], *, whole: int) -> Table:
-    """A table whose first ``whole`` columns (ids) are never cut short, being there to be copied;
-    the others give way in a narrow terminal."""
-    table = Table()
-    for index, header in enumerate(headers):
-        if index < whole:
-            widest = max([len(header), *(len(row[index]) for row in rows)])
-            table.add_column(header, no_wrap=True, overflow="ignore", min_width=widest)
-        else:
-            table.add_column(header)
-    for row in rows:
-        table.add_row(*row)
-    return table
+    headers = ["machine", "preview", "user", "project", "state", "region", "age"]
+    console.print(table(headers, rows, whole=WHOLE))
 
 
 @machines_app.command("count")
@@ -282,7 +272,7 @@ def machines_stuck(
                 rows.append(row)
             if stuck:
                 headers = ["machine", "preview", "user", "state", "why", *(["destroyed"] if destroy else [])]
-                console.print(_table(headers, rows, whole=3))
+                console.print(table(headers, rows, whole=WHOLE))
             summary = f"{len(stuck)} machine(s) older than {older_than} or wedged for {wedged_after}"
             if destroy:
                 summary += f"; {len(stuck) - failures} destroyed"
@@ -309,14 +299,14 @@ def stuck_reason(
 
     if machine.get("state") == "destroyed":
         return None
-    age = now - parse_time(machine.get("created_at"))
-    if age > older_than:
-        return f"age {_age(age)}"
+    lived = now - parse_time(machine.get("created_at"))
+    if lived > older_than:
+        return f"age {age(lived)}"
     state = machine.get("state", "")
     in_state = now - parse_time(machine.get("updated_at") or machine.get("created_at"))
     limit = wedged_after * 2 if state in ("updating", "replacing") else wedged_after
     if state in _TRANSIENT and in_state > limit:
-        return f"{state} for {_age(in_state)}"
+        return f"{state} for {age(in_state)}"
     return None
 
 
@@ -355,13 +345,6 @@ def _row(machine: Machine) -> dict[str, str]:
         "project": machine.metadata.get(META_PROJECT_ID, "-"),
         "state": str(machine.state),
         "region": machine.region,
-        "age": _age(datetime.now(UTC) - machine.created_at),
+        "age": age(datetime.now(UTC) - machine.created_at),
         "created_at": machine.created_at.isoformat(),
     }
-
-
-def _age(age: timedelta) -> str:
-    seconds = int(age.total_seconds())
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +23,7 @@ from velocity.cli.client import LOCAL_USER, Api, local_token
 from velocity.cli.fly_commands import fly_app
 from velocity.cli.progress import events, follow
 from velocity.cli.push import Pusher, push_command
+from velocity.cli.tables import age, table
 from velocity.domain import ConfigError, PreviewError, PreviewState, ProviderError
 from velocity.projects import pack_directory
 from velocity.server import LoopFailed, running
@@ -242,10 +243,11 @@ def projects_import(
 def projects_ls(url: Url = None, token: Token = None) -> None:
     """List your projects."""
     body = Api(_settings(), url=url, token=token).call("GET", "/v1/projects")
-    table = Table("id", "name", "files", "bytes", "updated")
-    for p in body["projects"]:
-        table.add_row(p["id"], p["name"], str(p["file_count"]), str(p["size_bytes"]), p["updated_at"])
-    console.print(table)
+    rows = [
+        [p["id"], p["name"], str(p["file_count"]), str(p["size_bytes"]), p["updated_at"]]
+        for p in body["projects"]
+    ]
+    console.print(table(["id", "name", "files", "bytes", "updated"], rows, whole={"id"}))
 
 
 @previews_app.command("create")
@@ -287,13 +289,8 @@ def previews_ls(url: Url = None, token: Token = None) -> None:
     """List your previews."""
     body = Api(_settings(), url=url, token=token).call("GET", "/v1/previews")
     previews = body["previews"]
-    table = Table("id", "project", "state", "created")
-    # The URL whole, never cut short: it is there to be copied. The other columns give way.
-    widest = max((len(p["url"]) for p in previews), default=3)
-    table.add_column("url", no_wrap=True, min_width=widest, overflow="ignore")
-    for p in previews:
-        table.add_row(p["id"], p["project_id"], p["state"], p["created_at"], p["url"])
-    console.print(table)
+    rows = [[p["id"], p["project_id"], p["state"], p["created_at"], p["url"]] for p in previews]
+    console.print(table(["id", "project", "state", "created", "url"], rows, whole={"id", "url"}))
 
 
 @previews_app.command("rm")
@@ -356,20 +353,16 @@ def previews_watch(
 
 
 def _previews_table(previews: list[dict[str, Any]]) -> Table:
-    table = Table("id", "project", "state", "stage", "age")
-    widest = max((len(p["url"]) for p in previews), default=3)
-    table.add_column("url", no_wrap=True, min_width=widest, overflow="ignore")
     now = datetime.now(UTC)
-    for p in previews:
-        age = now - datetime.fromisoformat(p["created_at"].replace("Z", "+00:00"))
-        table.add_row(p["id"], p["project_id"], p["state"], p.get("stage") or "", _age(age), p["url"])
-    return table
-
-
-def _age(age: timedelta) -> str:
-    seconds = max(0, int(age.total_seconds()))
-    return (
-        f"{seconds // 60}m{seconds % 60:02d}s"
-        if seconds < 3600
-        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    )
+    rows = [
+        [
+            p["id"],
+            p["project_id"],
+            p["state"],
+            p.get("stage") or "",
+            age(now - datetime.fromisoformat(p["created_at"].replace("Z", "+00:00"))),
+            p["url"],
+        ]
+        for p in previews
+    ]
+    return table(["id", "project", "state", "stage", "age", "url"], rows, whole={"id", "url"})
