@@ -102,6 +102,7 @@ async def test_a_request_made_before_the_dev_server_is_ready_waits_for_it(start_
 
 async def test_logs_hold_install_and_dev_server_output(agent: Agent) -> None:
     """The logs endpoint returns the tail of npm's and the dev server's output, with streams and times."""
+    await agent.wait_for_line(lambda line: "hot reload:" in line)  # the last line the agent adds of itself
     response = await agent.client.get("/__velocity/logs?tail=2000")
     lines = response.json()["lines"]
     assert any(
