@@ -28,6 +28,12 @@ TIME_TO_READY = Histogram(
     buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300),
     registry=REGISTRY,
 )
+RESUME_SECONDS = Histogram(
+    "velocity_preview_resume_seconds",
+    "From the first request to a suspended preview to it serving again",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
 MACHINE_CREATE = Histogram(
     "velocity_machine_create_seconds",
     "How long the provider took to create a machine",
@@ -53,7 +59,7 @@ MACHINES = Gauge(
 MACHINE_SECONDS = Counter(
     "velocity_machine_seconds_total",
     "Machine time of live previews by how it was spent: running_active (a request or frame in the "
-    "last minute), running_idle, booting",
+    "last minute), running_idle, booting, suspended (frozen: memory and disk, no CPU)",
     ["state"],
     registry=REGISTRY,
 )

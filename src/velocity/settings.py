@@ -131,7 +131,14 @@ class Settings(BaseSettings):
     preview_idle_timeout_minutes: float = Field(
         15,
         gt=0,
-        description="PREVIEW_IDLE_TIMEOUT_MINUTES: no request, frame or keepalive for this long stops it",
+        description="PREVIEW_IDLE_TIMEOUT_MINUTES: no request, frame or keepalive for this long suspends "
+        "it (PREVIEW_IDLE_ACTION)",
+    )
+    preview_idle_action: str = Field(
+        "suspend",
+        pattern="^(suspend|stop)$",
+        description="PREVIEW_IDLE_ACTION: suspend an idle preview's machine until its next request "
+        "(locally the cgroup freezer; on Fly `suspend`, or a stop above 2 GB), or stop it for good",
     )
 
     # --- Supabase (seed guide) -------------------------------------------------------------------
@@ -289,8 +296,8 @@ class Settings(BaseSettings):
     # --- Webhooks (docs/operations.md) ------------------------------------------------------------
     webhook_url: str | None = Field(
         None,
-        description="WEBHOOK_URL: where preview events are POSTed, signed (created, ready, failed, "
-        "stopped); none when unset",
+        description="WEBHOOK_URL: where preview events are POSTed, signed (created, ready, suspended, "
+        "failed, stopped); none when unset",
     )
     webhook_secret: SecretStr | None = Field(
         None, description="WEBHOOK_SECRET: the HMAC-SHA256 key of the Velocity-Signature header"

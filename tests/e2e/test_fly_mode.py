@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import EXAMPLE, emulated_fly, live_orchestrator
+from velocity.domain import PreviewState
 
 pytestmark = pytest.mark.e2e
 
@@ -43,3 +44,32 @@ async def test_a_preview_made_through_the_fly_api_serves_and_is_destroyed(npm_ca
         calls = fly.emulator.stats.calls
         assert (calls["create"], calls["destroy"]) == (1, 1)
         assert fly.emulator.stats.rate_limited == {}
+
+
+async def test_an_idle_fly_preview_is_suspended_and_a_request_resumes_it(npm_cache: Path) -> None:
+    """Idle, the preview's Fly machine is suspended through the API (its sandbox frozen, not
+    destroyed); the next request through the router starts it again, from its memory."""
+    async with (
+        emulated_fly(npm_cache=npm_cache) as fly,
+        live_orchestrator(
+            npm_cache=npm_cache,
+            preview_idle_timeout_minutes=0.1,
+            container_cleanup_interval_minutes=0.01,
+            **fly.settings(),
+        ) as live,
+    ):
+        ready = await live.started(EXAMPLE, "example")
+        machine = fly.emulator.fleet.machines[ready["machine_id"]]
+        backing = machine.backing_id
+        previews = live.running.runtime.previews
+        await previews.wait_for(ready["id"], lambda p: p.state == PreviewState.SUSPENDED, timeout=60)
+        assert machine.state == "suspended"
+        assert machine.backing_id == backing, "suspended, not destroyed"
+        app = await live.fetch(ready["id"], "/src/App.jsx")
+        assert app.status_code == 200
+        assert "Hello from Velocity" in app.text
+        assert machine.state == "started"
+        assert machine.backing_id == backing, "resumed from its memory, not booted afresh"
+        calls = fly.emulator.stats.calls
+        assert (calls["create"], calls["suspend"], calls["start"]) == (1, 1, 1)
+        assert (await live.api.get(f"/v1/previews/{ready['id']}")).json()["state"] == "ready"

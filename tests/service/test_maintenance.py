@@ -31,7 +31,9 @@ async def test_a_preview_past_its_lifetime_is_stopped_whatever_its_activity(worl
 
 
 async def test_an_idle_preview_is_stopped_and_a_keepalive_postpones_it(world: World) -> None:
-    """No activity for PREVIEW_IDLE_TIMEOUT_MINUTES stops a preview; a keepalive restarts the count."""
+    """No activity for PREVIEW_IDLE_TIMEOUT_MINUTES stops a preview (PREVIEW_IDLE_ACTION=stop; the
+    default suspends it, tests/service/test_suspend.py); a keepalive restarts the count."""
+    world.service.limits = replace(world.service.limits, idle_action="stop")
     preview_id = await ready_preview(world)
     await world.clock.advance(14 * 60)
     await world.service.keepalive(ALICE, preview_id)

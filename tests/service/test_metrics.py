@@ -37,12 +37,28 @@ async def test_machine_time_is_split_into_active_and_idle(world: World) -> None:
 async def test_the_reaper_s_actions_are_counted_by_reason(world: World) -> None:
     preview, _ = await world.service.create(ALICE, "alice-one")
     await world.service.settled(preview.id, timeout=5)
-    idle = sample("velocity_maintenance_actions_total", action="stop", reason="idle")
-    ended = sample("velocity_preview_ends_total", state="stopped", reason="idle")
+    suspended = sample("velocity_maintenance_actions_total", action="suspend", reason="idle")
+    lifetime = sample("velocity_maintenance_actions_total", action="stop", reason="lifetime")
+    ended = sample("velocity_preview_ends_total", state="stopped", reason="lifetime")
     await world.clock.advance(16 * 60)
     await maintenance_pass(world.service)
-    assert sample("velocity_maintenance_actions_total", action="stop", reason="idle") == idle + 1
-    assert sample("velocity_preview_ends_total", state="stopped", reason="idle") == ended + 1
+    assert sample("velocity_maintenance_actions_total", action="suspend", reason="idle") == suspended + 1
+    await world.clock.advance(60 * 60)
+    await maintenance_pass(world.service)
+    assert sample("velocity_maintenance_actions_total", action="stop", reason="lifetime") == lifetime + 1
+    assert sample("velocity_preview_ends_total", state="stopped", reason="lifetime") == ended + 1
+
+
+async def test_suspended_machine_time_is_counted_apart(world: World) -> None:
+    preview, _ = await world.service.create(ALICE, "alice-one")
+    await world.service.settled(preview.id, timeout=5)
+    await world.clock.advance(16 * 60)
+    await maintenance_pass(world.service)
+    await world.service.census()
+    before = sample("velocity_machine_seconds_total", state="suspended")
+    await world.clock.advance(120)
+    await world.service.census()
+    assert sample("velocity_machine_seconds_total", state="suspended") == pytest.approx(before + 120)
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,9 @@ class Pusher:
         self._save = save
         self._max_bytes = max_bytes
         preview = api.call("GET", f"/v1/previews/{preview_id}")
-        if preview["state"] not in ("provisioning", "booting", "ready"):
+        if preview["state"] == "suspended":  # wake it, so that its agent hears the edits
+            preview = api.call("POST", f"/v1/previews/{preview_id}/keepalive")
+        if preview["state"] not in ("provisioning", "booting", "ready", "suspended"):
             typer.secho(f"preview {preview_id} is {preview['state']}: create a new one", fg="red", err=True)
             raise typer.Exit(1)
         self.project_id: str = preview["project_id"]

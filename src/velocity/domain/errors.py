@@ -19,6 +19,7 @@
         ├── ProviderConflict    a lease or name of the backend's is in the way (also a Conflict)
         ├── RateLimited      transient: retry after ``delay`` seconds
         ├── Unavailable      transient: backend down or timed out
+        │   └── Resuming     a suspended preview is waking up; a browser sees a progress page
         ├── CapacityError    no room in a region; try another region
         └── SandboxUnavailable  the local sandbox cannot be made on this host
 
@@ -148,6 +149,10 @@ class Unavailable(ProviderError):
     def __init__(self, message: str, *, delay: float = 1.0, request_id: str | None = None) -> None:
         super().__init__(message, request_id=request_id)
         self.retry_after = delay
+
+
+class Resuming(Unavailable):
+    code = "resuming"
 
 
 class CapacityError(ProviderError):

@@ -12,6 +12,7 @@ class PreviewState(enum.StrEnum):
     PROVISIONING = "provisioning"  # row written, machine being made
     BOOTING = "booting"  # machine up, dev server not serving yet
     READY = "ready"
+    SUSPENDED = "suspended"  # idle: its machine suspended (frozen), resumed by the next request
     STOPPING = "stopping"
     STOPPED = "stopped"  # terminal
     FAILED = "failed"  # terminal, with a reason and the last log lines

@@ -2,8 +2,9 @@
 
 Every Fly machine is a record here; when it runs, a machine of the backing provider runs for it
 (a simulated one, or a local sandbox). Fly resets a stopped machine's root filesystem on the next
-start, so stopping destroys the backing machine and starting makes a fresh one; a suspended machine
-resumes the same way (a cold boot, which Fly also falls back to). Transitions of one machine run one at
+start, so stopping destroys the backing machine and starting makes a fresh one. Suspending suspends
+the backing machine (a sandbox is frozen) and starting resumes it; where the backing provider cannot
+suspend, the next start is a cold boot, which Fly also falls back to. Transitions of one machine run one at
 a time, in tasks, so API calls answer at once while the state moves on, as on Fly.
 """
 
@@ -105,7 +106,7 @@ class Fleet:
         )
 
     def suspend(self, machine: EmulatedMachine) -> None:
-        self.schedule(machine, self._halt(machine, "suspended", request={}))
+        self.schedule(machine, self._suspend(machine))
 
     def destroy(self, machine: EmulatedMachine) -> None:
         self.schedule(machine, self._destroy(machine))
@@ -218,7 +219,16 @@ class Fleet:
     async def _launch(self, machine: EmulatedMachine) -> None:
         if machine.state in ("started", "destroying", "destroyed"):
             return
+        resuming = machine.state == "suspended" and machine.backing_id is not None
         await self._record(machine, "start", "starting", source="user")
+        if resuming and machine.backing_id is not None:
+            try:
+                await self.provider.resume(machine.backing_id)
+            except PreviewError:
+                await self._release_backing(machine)  # the snapshot is lost: a cold boot
+            else:
+                await self._record(machine, "start", "started", source="flyd")
+                return
         image = machine.config["image"]
         if image in self.failing_images:
             await self._exit(machine, "failed", exit_code=1, reason=f"failed to pull image {image}")
@@ -238,11 +248,23 @@ class Fleet:
             self._monitor(machine, backing.id), name=f"fly-monitor-{machine.id}"
         )
 
-    async def _halt(self, machine: EmulatedMachine, final: str, *, request: dict[str, Any]) -> None:
-        if machine.state not in ("started", "starting", "created", "failed"):
+    async def _suspend(self, machine: EmulatedMachine) -> None:
+        if machine.state != "started":
             return
-        kind, transient = ("stop", "stopping") if final == "stopped" else ("suspend", "suspending")
-        await self._record(machine, kind, transient, source="user")
+        await self._record(machine, "suspend", "suspending", source="user")
+        kept = False
+        if machine.backing_id is not None:
+            with contextlib.suppress(PreviewError):
+                kept = await self.provider.suspend(machine.backing_id)
+        if not kept:
+            await self._release_backing(machine)
+        await self._record(machine, "suspend", "suspended", source="flyd")
+
+    async def _halt(self, machine: EmulatedMachine, final: str, *, request: dict[str, Any]) -> None:
+        # Stopping a suspended machine discards its snapshot (docs: machines/overview).
+        if machine.state not in ("started", "starting", "created", "failed", "suspended"):
+            return
+        await self._record(machine, "stop", "stopping", source="user")
         await self._release_backing(machine)
         await self._exit(
             machine, final, exit_code=0, reason="stopped on request", requested=True, request=request

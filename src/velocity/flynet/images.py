@@ -165,9 +165,25 @@ class ImageMachines:
         container = self._containers[machine_id]
         if container.machine.state in STOPPED_OR_BEYOND:
             return
+        await self.resume(machine_id)  # a paused container takes no signal
         await self._set(machine_id, MachineState.STOPPING)
         await podman("stop", "--time", str(int(timeout)), container.name, timeout=timeout + 30)
         await self.wait(machine_id, state=MachineState.STOPPED, timeout=30)
+
+    async def suspend(self, machine_id: str) -> bool:
+        """``podman pause``: the container's cgroup frozen, as the local provider freezes a sandbox."""
+        container = self._containers[machine_id]
+        if container.machine.state is not MachineState.STARTED:
+            return False
+        await podman("pause", container.name, timeout=30)
+        await self._set(machine_id, MachineState.SUSPENDED)
+        return True
+
+    async def resume(self, machine_id: str) -> None:
+        container = self._containers[machine_id]
+        if container.machine.state is MachineState.SUSPENDED:
+            await podman("unpause", container.name, timeout=30)
+            await self._set(machine_id, MachineState.STARTED)
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         container = self._containers.get(machine_id)

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 KINDS: Mapping[PreviewState, str] = {
     PreviewState.PROVISIONING: "preview.created",
-    PreviewState.READY: "preview.ready",
+    PreviewState.READY: "preview.ready",  # also on each resume (its detail says so)
+    PreviewState.SUSPENDED: "preview.suspended",
     PreviewState.FAILED: "preview.failed",
     PreviewState.STOPPED: "preview.stopped",
 }

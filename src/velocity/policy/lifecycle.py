@@ -20,13 +20,16 @@ class Limits:
     replica_timeout: timedelta = timedelta(minutes=5)
     # A machine in a transient state this long is stuck (STUCK_MACHINE_MINUTES; the seed guide's hour).
     stuck_after: timedelta = timedelta(hours=1)
+    # What idleness does (PREVIEW_IDLE_ACTION): suspend the machine until the next request, or stop.
+    idle_action: str = "suspend"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with a live preview: stop it (it ran its course) or fail it (it never worked)."""
+    """What to do with a live preview: stop it (it ran its course), suspend it (nobody looks at it)
+    or fail it (it never worked)."""
 
-    action: str  # "stop" | "fail"
+    action: str  # "stop" | "suspend" | "fail"
     reason: str
 
 
@@ -42,9 +45,11 @@ def verdict(preview: Preview, now: datetime, limits: Limits) -> Verdict | None:
             seconds = int(limits.readiness.total_seconds())
             return Verdict("fail", f"not serving within {seconds} s (CONTAINER_TIMEOUT_SECONDS)")
         return None
+    if preview.state == PreviewState.SUSPENDED:
+        return None  # costs no CPU; the next request resumes it, its lifetime still ends it
     if now - preview.last_activity_at >= limits.idle:
         minutes = limits.idle.total_seconds() / 60
-        return Verdict("stop", f"idle for {minutes:g} min (PREVIEW_IDLE_TIMEOUT_MINUTES)")
+        return Verdict(limits.idle_action, f"idle for {minutes:g} min (PREVIEW_IDLE_TIMEOUT_MINUTES)")
     return None
 
 

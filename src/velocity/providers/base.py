@@ -64,6 +64,16 @@ class MachineProvider(Protocol):
 
     async def stop(self, machine_id: str, *, timeout: float = 10.0) -> None: ...
 
+    async def suspend(self, machine_id: str) -> bool:
+        """Suspend the running machine with its memory until ``resume``; False (nothing done) when
+        this machine cannot be suspended, and the caller stops it instead."""
+        ...
+
+    async def resume(self, machine_id: str) -> None:
+        """Run a suspended machine again, from its memory where the backend kept it (Fly may boot it
+        afresh instead); returns once it runs."""
+        ...
+
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         """Destroy the machine; destroying one that is already gone is not an error."""
         ...

@@ -108,6 +108,17 @@ class FakeProvider:
         await self.get(machine_id)
         await self.set_state(machine_id, MachineState.STOPPED)
 
+    async def suspend(self, machine_id: str) -> bool:
+        self.calls.append(("suspend", machine_id))
+        await self.get(machine_id)
+        await self.set_state(machine_id, MachineState.SUSPENDED)
+        return True
+
+    async def resume(self, machine_id: str) -> None:
+        self.calls.append(("resume", machine_id))
+        await self.get(machine_id)
+        await self.set_state(machine_id, MachineState.STARTED)
+
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         self.calls.append(("destroy", machine_id))
         if machine_id in self._machines:

@@ -30,6 +30,8 @@ AgentRoute = Literal["private-network", "emulator"]
 _KNOWN_MACHINES = 10_000
 # Against the emulator, how long create waits for the backing sandbox to start (the emulator's own limit).
 _EMULATED_START_SECONDS = 120.0
+# Fly suspends machines of at most this much memory (and no swap); larger ones are stopped instead.
+SUSPEND_MAX_MEMORY_MB = 2048
 
 # Fly's transient and odd states, folded onto the words the rest of the project uses.
 _STATE_ALIASES: Mapping[str, MachineState] = {
@@ -137,6 +139,26 @@ class FlyProvider:
 
     async def stop(self, machine_id: str, *, timeout: float = 10.0) -> None:
         await self.client.stop_machine(machine_id, kill_timeout=timeout)
+
+    async def suspend(self, machine_id: str) -> bool:
+        """Fly's ``suspend``, where the machine allows it: at most 2 GB of memory and no swap
+        (docs: reference/suspend-resume)."""
+        config = (await self.client.get_machine(machine_id)).get("config") or {}
+        guest = config.get("guest") or {}
+        if int(guest.get("memory_mb") or 0) > SUSPEND_MAX_MEMORY_MB or config.get("swap_size_mb"):
+            return False
+        await self.client.suspend_machine(machine_id)
+        await self.wait(machine_id, state=MachineState.SUSPENDED, timeout=60)
+        return True
+
+    async def resume(self, machine_id: str) -> None:
+        """``start``: Fly resumes from the snapshot when it still has it, else boots afresh. Fly's
+        proxy may have started it already, for a request replayed to it."""
+        if (await self.get(machine_id)).state is not MachineState.SUSPENDED:
+            await self.wait(machine_id, state=MachineState.STARTED, timeout=60)
+            return
+        await self.client.start_machine(machine_id)
+        await self.wait(machine_id, state=MachineState.STARTED, timeout=60)
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         self._emulated_endpoints.pop(machine_id, None)

@@ -26,6 +26,7 @@ class SimulatedLatencies:
     boot: float = 0.0
     stop: float = 0.0
     destroy: float = 0.0
+    resume: float = 0.0
 
 
 class _Record:
@@ -115,6 +116,25 @@ class SimulatedProvider:
         await self._set(record, MachineState.STOPPING)
         await self._pause(self.latencies.stop)
         await self._set(record, MachineState.STOPPED, exit_reason="stopped on request")
+
+    async def suspend(self, machine_id: str) -> bool:
+        record = self._record(machine_id)
+        if record.machine.state != MachineState.STARTED:
+            raise ProviderError(
+                f"machine {machine_id} is {record.machine.state}, not started: it cannot be suspended"
+            )
+        await self._set(record, MachineState.SUSPENDING)
+        await self._pause(self.latencies.stop)
+        await self._set(record, MachineState.SUSPENDED)
+        return True
+
+    async def resume(self, machine_id: str) -> None:
+        record = self._record(machine_id)
+        if record.machine.state != MachineState.SUSPENDED:
+            return
+        await self._set(record, MachineState.STARTING)
+        await self._pause(self.latencies.resume)
+        await self._set(record, MachineState.STARTED)
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         record = self._records.get(machine_id)

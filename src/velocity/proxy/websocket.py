@@ -98,6 +98,8 @@ async def _open(
     max_size: int,
 ) -> ClientConnection:
     # Loopback or a unix socket: compressing that hop only costs CPU, hence no compression.
+    # No pings on that hop: a suspended (frozen) machine would miss them and lose its sockets, and
+    # the browser's side is kept alive by the server's own pings.
     if upstream.uds:
         return await unix_connect(
             upstream.uds,
@@ -108,6 +110,7 @@ async def _open(
             max_size=max_size,
             compression=None,
             user_agent_header=None,
+            ping_interval=None,
         )
     return await connect(
         uri,
@@ -121,6 +124,7 @@ async def _open(
         max_size=max_size,
         compression=None,
         user_agent_header=None,
+        ping_interval=None,
     )
 
 

@@ -6,6 +6,7 @@ naming the preview's machine (``router/replay.py``), and Fly's proxy replays the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import html
 import re
@@ -13,15 +14,18 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from velocity import metrics
-from velocity.domain import BadRequest, NotFound, PreviewError, Unavailable
+from velocity.domain import BadRequest, NotFound, PreviewError, Resuming, Unavailable
 from velocity.providers.base import AgentEndpoint
 from velocity.proxy import ReverseProxy, Upstream
 from velocity.router.gate import Gate
 from velocity.router.replay import fly_replay, replay_answer, replayable
 from velocity.service import PreviewService
 
-# A request for a preview still booting waits this long before it gets a 503.
+# A request for a preview still booting or resuming waits this long before it gets a 503.
 ROUTE_WAIT_SECONDS = 60.0
+# A browser opening a preview that is resuming gets a page saying so after this long (which reloads
+# itself until the preview serves); other requests are held until it does.
+PROGRESS_PAGE_AFTER_SECONDS = 0.3
 # The agent's own endpoints, which its machine answers before the app: the orchestrator's to read
 # (the owner sees the logs through the API), never anyone's with the preview URL.
 AGENT_HEALTH_PATH = "/health"
@@ -86,6 +90,7 @@ class PreviewRouter:
             else:
                 admitted = scope
             _refuse_agent_paths(preview_id, scope)
+            await self._unless_resuming(preview_id, scope)
             if _has(scope, b"fly-replay-failed"):
                 raise Unavailable(
                     f"preview {preview_id}'s machine did not take the request Fly's proxy replayed to it; "
@@ -126,7 +131,8 @@ class PreviewRouter:
         await replay_answer(original, send, replay)
 
     async def _checked(self, preview_id: str) -> AgentEndpoint:
-        """The preview's agent, once the id is well formed and the preview serves; counts as activity."""
+        """The preview's agent, once the id is well formed and the preview serves (resumed, if it
+        was suspended); counts as activity."""
         if not re.fullmatch(r"[a-z0-9]{12}", preview_id):
             raise BadRequest(f"{preview_id!r} is not a preview id")
         try:
@@ -136,6 +142,16 @@ class PreviewRouter:
             raise
         self._service.record_activity(preview_id)
         return endpoint
+
+    async def _unless_resuming(self, preview_id: str, scope: Scope) -> None:
+        """A browser opening a preview that is still resuming after 300 ms gets the progress page
+        (``Resuming``); anything else, and any other outcome, is for ``_checked`` to answer."""
+        if not _is_navigation(scope):
+            return
+        with contextlib.suppress(PreviewError):
+            await self._service.route(preview_id, wait=PROGRESS_PAGE_AFTER_SECONDS)
+        if self._service.resuming(preview_id):
+            raise Resuming(f"preview {preview_id} is resuming", delay=1.0)
 
     def _activity(self) -> None:
         preview_id = _current_preview.get(None)
@@ -189,19 +205,31 @@ def _host(scope: Scope) -> str:
     return ""
 
 
+def _is_navigation(scope: Scope) -> bool:
+    """A browser opening the page (not a script's fetch, an asset, a websocket)."""
+    if scope["type"] != "http" or scope.get("method") != "GET":
+        return False
+    headers = dict(scope.get("headers", ()))
+    mode = headers.get(b"sec-fetch-mode")
+    return mode == b"navigate" if mode is not None else b"text/html" in headers.get(b"accept", b"")
+
+
 async def _error_page(scope: Scope, send: Send, exc: PreviewError) -> None:
     if scope["type"] != "http":
         await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})
         return
-    body = (
-        f"<!doctype html><title>Preview unavailable</title><h1>{exc.status_code}</h1>"
-        f"<p>{html.escape(exc.message)}</p>"
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": exc.status_code,
-            "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")],
-        }
-    )
+    headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+    if isinstance(exc, Resuming):
+        # It reloads itself; the reload waits (on this replica's resume) until the preview serves.
+        body = (
+            b'<!doctype html><meta http-equiv="refresh" content="0"><title>Resuming the preview</title>'
+            b"<p>Resuming the preview: it was suspended while nobody looked at it.</p>"
+        )
+        headers.append((b"retry-after", b"1"))
+    else:
+        body = (
+            f"<!doctype html><title>Preview unavailable</title><h1>{exc.status_code}</h1>"
+            f"<p>{html.escape(exc.message)}</p>"
+        ).encode()
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -121,6 +122,7 @@ class PreviewService:
             max_per_user=settings.max_containers_per_user,
             replica_timeout=timedelta(seconds=settings.cleanup_interval_seconds),
             stuck_after=timedelta(minutes=settings.stuck_machine_minutes),
+            idle_action=settings.preview_idle_action,
         )
         self._create_rate = TokenBuckets(
             settings.preview_create_rate_per_minute, settings.preview_create_burst
@@ -253,6 +255,11 @@ class PreviewService:
         now = self._clock.now()
         await self._store.touch(preview_id, now)
         self._flushed[preview_id] = now
+        if preview.state == PreviewState.SUSPENDED:
+            # Someone's editor is open on it: wake it now (in the background), so that their next
+            # edits reach its agent.
+            with contextlib.suppress(Unavailable):
+                return await self.resumed(preview, timeout=0)
         return await self._store.get_preview(preview_id)
 
     async def logs(self, caller: Caller, preview_id: str, *, tail: int) -> list[dict[str, str]]:
@@ -283,10 +290,98 @@ class PreviewService:
             preview = await self.settled(preview_id, timeout=wait)
             if preview.state in BOOTING_STATES:
                 raise Unavailable(f"preview {preview_id} is still {preview.state.value}; retry shortly")
+        if preview.state == PreviewState.SUSPENDED:
+            preview = await self.resumed(preview, timeout=wait)
         if preview.state != PreviewState.READY:
             reason = f": {preview.failure_reason}" if preview.failure_reason else ""
             raise PreviewGone(f"preview {preview_id} is {preview.state.value}{reason}")
         return await self._endpoint(preview)
+
+    async def resumed(self, preview: Preview, *, timeout: float) -> Preview:
+        """A suspended preview resumed (by one task, whoever asks), once it serves again or has
+        failed; ``Unavailable`` after ``timeout`` s while it still resumes (and it goes on)."""
+        if not self._tasks.running(f"resume:{preview.id}"):
+            self._tasks.start(f"resume:{preview.id}", self._resume(preview))
+        preview = await self.wait_for(
+            preview.id, lambda p: p.state != PreviewState.SUSPENDED, timeout=timeout
+        )
+        if preview.state == PreviewState.SUSPENDED:
+            raise Unavailable(f"preview {preview.id} is still resuming; retry shortly")
+        return preview
+
+    def resuming(self, preview_id: str) -> bool:
+        """Whether this process is resuming the preview now."""
+        return self._tasks.running(f"resume:{preview_id}")
+
+    async def _resume(self, preview: Preview) -> None:
+        # The caller may have read the row before an earlier resume wrote it.
+        current = await self._store.find_preview(preview.id)
+        if current is None or current.state != PreviewState.SUSPENDED or preview.machine_id is None:
+            return
+        with logs.bound(preview_id=preview.id, user_id=preview.user_id, machine_id=preview.machine_id):
+            began = time.monotonic()
+            try:
+                await self._provider.resume(preview.machine_id)
+                machine = await self._provider.get(preview.machine_id)
+                # A machine booted afresh may be reached anew (the emulator's backing sandbox is).
+                self._endpoints.pop(preview.id, None)
+                endpoint = await self._endpoint(preview)
+            except ProviderError as exc:
+                await self.fail(preview.id, f"its machine did not resume: {exc.message}")
+                return
+            # The agent answers at once when the machine kept its memory; after a fresh boot (Fly's
+            # fallback) it installs and starts the dev server again, within the readiness limit.
+            seconds = int(self.limits.readiness.total_seconds())
+            deadline = self._clock.now() + self.limits.readiness
+            late = f"not serving within {seconds} s of resuming (CONTAINER_TIMEOUT_SECONDS)"
+            if not await self._agent_serving(preview, machine, endpoint, deadline=deadline, late=late):
+                return
+            took = time.monotonic() - began
+            now = self._clock.now()
+            self._seen[preview.id] = now
+            resumed = await self._update(
+                preview.id,
+                expect={PreviewState.SUSPENDED},
+                state=PreviewState.READY,
+                last_activity_at=now,
+                updated_at=now,
+                detail=f"resumed in {took * 1000:.0f} ms",
+            )
+            if resumed is not None:
+                metrics.RESUME_SECONDS.observe(took)
+                log.info("preview resumed in %.0f ms", took * 1000)
+
+    async def suspend(self, preview: Preview, reason: str) -> Preview:
+        """Suspend an idle preview's machine until its next request; stop it where the machine
+        cannot be suspended."""
+        with logs.bound(preview_id=preview.id, user_id=preview.user_id, machine_id=preview.machine_id):
+            if preview.machine_id is None:
+                return await self._stop(preview, reason)
+            seen = max(preview.last_activity_at, self._seen.get(preview.id, preview.last_activity_at))
+            try:
+                suspended = await self._provider.suspend(preview.machine_id)
+            except ProviderError as exc:
+                log.warning(
+                    "could not suspend machine %s (%s): stopping the preview", preview.machine_id, exc.message
+                )
+                suspended = False
+            if not suspended:
+                return await self._stop(preview, reason)
+            row = await self._update(
+                preview.id,
+                expect={PreviewState.READY},
+                state=PreviewState.SUSPENDED,
+                updated_at=self._clock.now(),
+                detail=f"suspended: {reason}",
+            )
+            if row is None:  # it moved on meanwhile (a delete): whatever moved it finishes the job
+                return await self._store.get_preview(preview.id)
+            log.info("preview suspended: %s", reason)
+            if self._seen.get(preview.id, seen) > seen:
+                # A request came while the machine froze: it waits on a frozen agent; thaw at once.
+                with contextlib.suppress(Unavailable):
+                    return await self.resumed(row, timeout=0)
+            return row
 
     async def wait_for(
         self, preview_id: str, condition: Callable[[Preview], bool], *, timeout: float
@@ -460,34 +555,10 @@ class PreviewService:
                 machine.id, state=MachineState.STARTED, timeout=max(1.0, min(remaining, 60.0))
             )
         endpoint = self._agent_endpoint(preview.id, machine)
-        retry = AGENT_RETRY_SECONDS
-        checked = self._clock.now()
-        while True:
-            remaining = (deadline - self._clock.now()).total_seconds()
-            if remaining <= 0:
-                seconds = int(self.limits.readiness.total_seconds())
-                await self.fail(preview.id, f"not serving within {seconds} s (CONTAINER_TIMEOUT_SECONDS)")
-                return
-            try:
-                health = await self._agents.health(endpoint, wait_ready=min(remaining, AGENT_POLL_SECONDS))
-            except AgentError:
-                if (self._clock.now() - checked).total_seconds() >= MACHINE_CHECK_SECONDS:
-                    checked = self._clock.now()
-                    reason = await self._machine_exit(machine.id, born=machine.created_at)
-                    if reason is not None:
-                        await self.fail(preview.id, reason)
-                        return
-                await self._clock.sleep(retry)
-                retry = min(retry * 2, AGENT_RETRY_MAX_SECONDS)
-                continue
-            if health.failed:
-                await self.fail(preview.id, f"agent reported failure: {health.detail or 'no detail'}")
-                return
-            if health.ready:
-                break
-            # A long-poll that came back early (an agent without long-poll, a proxy's timeout):
-            # pause briefly rather than spin.
-            await self._clock.sleep(AGENT_RETRY_SECONDS)
+        seconds = int(self.limits.readiness.total_seconds())
+        late = f"not serving within {seconds} s (CONTAINER_TIMEOUT_SECONDS)"
+        if not await self._agent_serving(preview, machine, endpoint, deadline=deadline, late=late):
+            return
         now = self._clock.now()
         ready = await self._update(
             preview.id,
@@ -504,6 +575,39 @@ class PreviewService:
             metrics.TIME_TO_READY.observe(took)
             log.info("preview ready after %.2f s", took)
             self._tasks.start(f"watch:{preview.id}", self._watch(ready, machine.id))
+
+    async def _agent_serving(
+        self, preview: Preview, machine: Machine, endpoint: AgentEndpoint, *, deadline: datetime, late: str
+    ) -> bool:
+        """Ask the agent until it says its dev server serves (True); else fail the preview (False):
+        the agent reports a failure, the machine stops, or ``deadline`` passes (the reason ``late``)."""
+        retry = AGENT_RETRY_SECONDS
+        checked = self._clock.now()
+        while True:
+            remaining = (deadline - self._clock.now()).total_seconds()
+            if remaining <= 0:
+                await self.fail(preview.id, late)
+                return False
+            try:
+                health = await self._agents.health(endpoint, wait_ready=min(remaining, AGENT_POLL_SECONDS))
+            except AgentError:
+                if (self._clock.now() - checked).total_seconds() >= MACHINE_CHECK_SECONDS:
+                    checked = self._clock.now()
+                    reason = await self._machine_exit(machine.id, born=machine.created_at)
+                    if reason is not None:
+                        await self.fail(preview.id, reason)
+                        return False
+                await self._clock.sleep(retry)
+                retry = min(retry * 2, AGENT_RETRY_MAX_SECONDS)
+                continue
+            if health.failed:
+                await self.fail(preview.id, f"agent reported failure: {health.detail or 'no detail'}")
+                return False
+            if health.ready:
+                return True
+            # A long-poll that came back early (an agent without long-poll, a proxy's timeout):
+            # pause briefly rather than spin.
+            await self._clock.sleep(AGENT_RETRY_SECONDS)
 
     async def _machine_exit(self, machine_id: str, *, born: datetime | None = None) -> str | None:
         """Why the machine no longer runs, or ``None`` while it still does (or, ``born`` moments ago,
@@ -528,7 +632,7 @@ class PreviewService:
             except NotFound:
                 pass
             current = await self._store.find_preview(preview.id)
-            if current is None or current.state != PreviewState.READY:
+            if current is None or current.state not in (PreviewState.READY, PreviewState.SUSPENDED):
                 return  # we are stopping it ourselves
             reason = await self._machine_exit(machine_id)
             if reason is None:
@@ -637,6 +741,8 @@ class PreviewService:
         if preview.machine_id is None:
             return ()
         try:
+            if preview.state == PreviewState.SUSPENDED:
+                raise Unavailable("a suspended agent does not answer")
             endpoint = self._endpoints.get(preview.id) or self._agent_endpoint(
                 preview.id, await self._provider.get(preview.machine_id)
             )
@@ -663,6 +769,8 @@ class PreviewService:
                 continue
             if decision.action == "fail":
                 await self.fail(preview.id, decision.reason)
+            elif decision.action == "suspend":
+                await self.suspend(preview, decision.reason)
             else:
                 await self.stop(preview, decision.reason)
             metrics.MAINTENANCE_ACTIONS.labels(decision.action, end_reason(decision.reason)).inc()
@@ -798,6 +906,8 @@ class PreviewService:
             seen = max(preview.last_activity_at, self._seen.get(preview.id, preview.last_activity_at))
             if preview.state in BOOTING_STATES:
                 spent = "booting"
+            elif preview.state == PreviewState.SUSPENDED:
+                spent = "suspended"
             else:
                 spent = "running_active" if now - seen < ACTIVE_WITHIN else "running_idle"
             metrics.MACHINE_SECONDS.labels(spent).inc(max(0.0, (now - since).total_seconds()))

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-LIVE_STATE_SQL = "state IN ('provisioning', 'booting', 'ready', 'stopping')"
+LIVE_STATE_SQL = "state IN ('provisioning', 'booting', 'ready', 'suspended', 'stopping')"
 
 previews = sa.Table(
     "previews",

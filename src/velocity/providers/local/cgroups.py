@@ -1,4 +1,5 @@
-"""Memory, CPU and process limits for one sandbox, on cgroup v1 (these machines) or v2 (most laptops).
+"""Memory, CPU and process limits for one sandbox, on cgroup v1 (these machines) or v2 (most laptops),
+and the freezer that suspends it.
 
 The sandbox's first process joins the groups before it execs bubblewrap, so everything it starts
 inherits them. v1 has no ``cgroup.kill``: the pid namespace ends the tree; ``kill_all`` is the
@@ -75,7 +76,38 @@ class Cgroup:
             pass
         return 0
 
+    @property
+    def can_freeze(self) -> bool:
+        return self._freezer_file is not None and self._freezer_file.exists()
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Ask the kernel to stop (or let go on) every process of the sandbox where it is; the
+        change has taken effect once ``is_frozen`` says so."""
+        if self._freezer_file is None:
+            raise OSError("no cgroup freezer here")
+        value = ("FROZEN" if frozen else "THAWED") if self.version == 1 else int(frozen)
+        _write(self._freezer_file, value)
+
+    def is_frozen(self) -> bool:
+        """True once every process is frozen (v1's ``FREEZING`` is not yet)."""
+        try:
+            if self.version == 1:
+                return self._freezer_file is not None and self._freezer_file.read_text().strip() == "FROZEN"
+            return "frozen 1" in (self.dirs["unified"] / "cgroup.events").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+
+    @property
+    def _freezer_file(self) -> Path | None:
+        if self.version == 2:
+            return self.dirs["unified"] / "cgroup.freeze"
+        freezer = self.dirs.get("freezer")
+        return freezer / "freezer.state" if freezer else None
+
     def kill_all(self) -> None:
+        # Frozen v1 processes do not die until thawed (v2's do).
+        if self.version == 1 and self.is_frozen():
+            self.freeze(False)
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():
             (self.dirs["unified"] / "cgroup.kill").write_text("1")
             return
@@ -101,7 +133,7 @@ def detect_version(root: Path = ROOT) -> int | None:
 def create(name: str, limits: Limits, *, version: int, root: Path = ROOT) -> Cgroup:
     """Make the groups and write the limits; raises ``OSError`` when the host refuses."""
     if version == 1:
-        dirs = {c: root / c / PARENT / name for c in ("memory", "pids", "cpu")}
+        dirs = {c: root / c / PARENT / name for c in _v1_controllers(root)}
         for directory in dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         _write(dirs["memory"] / "memory.limit_in_bytes", limits.memory_bytes)
@@ -129,8 +161,14 @@ def create(name: str, limits: Limits, *, version: int, root: Path = ROOT) -> Cgr
 def attach(name: str, *, version: int, root: Path = ROOT) -> Cgroup:
     """The groups of a sandbox made earlier (by this process or a previous one)."""
     if version == 1:
-        return Cgroup(name, {c: root / c / PARENT / name for c in ("memory", "pids", "cpu")}, 1)
+        return Cgroup(name, {c: root / c / PARENT / name for c in _v1_controllers(root)}, 1)
     return Cgroup(name, {"unified": root / PARENT / name}, 2)
+
+
+def _v1_controllers(root: Path) -> tuple[str, ...]:
+    """The v1 hierarchies a sandbox joins: the freezer too where it is mounted (it suspends)."""
+    limits = ("memory", "pids", "cpu")
+    return (*limits, "freezer") if os.access(root / "freezer", os.W_OK) else limits
 
 
 def _write(path: Path, value: object) -> None:

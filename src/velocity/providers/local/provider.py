@@ -16,13 +16,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from velocity.domain import Machine, MachineSpec, MachineState, NotFound, SandboxUnavailable, Unavailable
+from velocity.domain import (
+    Machine,
+    MachineSpec,
+    MachineState,
+    NotFound,
+    ProviderError,
+    SandboxUnavailable,
+    Unavailable,
+)
 from velocity.domain.agent_contract import (
     SEAL_FD_VARIABLE,
     SECRET_VARIABLES,
@@ -49,6 +57,8 @@ from velocity.providers.local.network import NetworkOptions, SandboxNetwork
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 2.0
+# A freeze that takes longer than this (a process stuck in the kernel) is undone and reported.
+FREEZE_TIMEOUT_SECONDS = 10.0
 # In a machine's directory: the seal of its node_modules, as its agent last reported it (``modules``).
 SEAL_FILE = "install-seal"
 # A user's npm cache fuller than this when their last sandbox ends starts afresh next time.
@@ -299,6 +309,8 @@ class LocalSandboxProvider:
         machine = await self.get(machine_id)
         if machine.state in STOPPED_OR_BEYOND:
             return
+        if machine.state == MachineState.SUSPENDED and (group := self._cgroup(machine_id)) is not None:
+            group.freeze(False)  # a frozen process takes no signal until thawed
         await self._set(machine_id, state=MachineState.STOPPING)
         pid = self._record(machine_id).get("pid")
         self._signal_group(pid, signal.SIGTERM)
@@ -310,6 +322,30 @@ class LocalSandboxProvider:
         group = self._cgroup(machine_id)
         if group:
             group.kill_all()
+
+    async def suspend(self, machine_id: str) -> bool:
+        """The cgroup freezer: every process stops where it is, its memory kept; False without one."""
+        machine = await self.get(machine_id)
+        group = self._cgroup(machine_id)
+        if machine.state != MachineState.STARTED or group is None or not group.can_freeze:
+            return False
+        await self._set(machine_id, state=MachineState.SUSPENDING, updated_at=_now())
+        group.freeze()
+        if not await _until(group.is_frozen, timeout=FREEZE_TIMEOUT_SECONDS):
+            group.freeze(False)
+            await self._set(machine_id, state=MachineState.STARTED, updated_at=_now())
+            raise ProviderError(f"sandbox {machine_id} did not freeze within {FREEZE_TIMEOUT_SECONDS:g} s")
+        await self._set(machine_id, state=MachineState.SUSPENDED, updated_at=_now())
+        return True
+
+    async def resume(self, machine_id: str) -> None:
+        machine = await self.get(machine_id)
+        group = self._cgroup(machine_id)
+        if machine.state != MachineState.SUSPENDED or group is None:
+            return
+        group.freeze(False)
+        await _until(lambda: not group.is_frozen(), timeout=FREEZE_TIMEOUT_SECONDS)
+        await self._set(machine_id, state=MachineState.STARTED, updated_at=_now())
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         # One destroy of a sandbox at a time (a stop and a reconcile may ask at once); the second
@@ -620,9 +656,12 @@ class LocalSandboxProvider:
             machine_id = record["id"]
             pid = record.get("pid")
             alive = pid is not None and _start_time(pid) == record.get("start_time")
+            state = MachineState.STARTED if alive else MachineState.STOPPED
+            if alive and (group := self._cgroup(machine_id)) is not None and group.is_frozen():
+                state = MachineState.SUSPENDED
             self._machines[machine_id] = Machine(
                 id=machine_id,
-                state=MachineState.STARTED if alive else MachineState.STOPPED,
+                state=state,
                 metadata=record.get("metadata", {}),
                 created_at=datetime.fromisoformat(record["created_at"]),
                 exit_reason=record.get("exit_reason"),
@@ -757,6 +796,21 @@ async def _until_empty(group: cgroups.Cgroup, attempts: int = 200) -> None:
             return
         group.kill_all()
         await asyncio.sleep(0.01)
+
+
+async def _until(condition: Callable[[], bool], *, timeout: float) -> bool:
+    """Whether ``condition`` holds within ``timeout`` s: the kernel gives no event when a cgroup has
+    frozen or thawed (v1), so read it again every millisecond or so."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.001)
+    return True
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _start_time(pid: int) -> int | None:
