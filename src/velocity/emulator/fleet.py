@@ -101,9 +101,7 @@ class Fleet:
         self.schedule(machine, self._launch(machine))
 
     def stop(self, machine: EmulatedMachine, *, signal: str, kill_after: float) -> None:
-        self.schedule(
-            machine, self._halt(machine, "stopped", request={"signal": signal, "timeout": kill_after})
-        )
+        self.schedule(machine, self._stop(machine, request={"signal": signal, "timeout": kill_after}))
 
     def suspend(self, machine: EmulatedMachine) -> None:
         self.schedule(machine, self._suspend(machine))
@@ -260,14 +258,14 @@ class Fleet:
             await self._release_backing(machine)
         await self._record(machine, "suspend", "suspended", source="flyd")
 
-    async def _halt(self, machine: EmulatedMachine, final: str, *, request: dict[str, Any]) -> None:
+    async def _stop(self, machine: EmulatedMachine, *, request: dict[str, Any]) -> None:
         # Stopping a suspended machine discards its snapshot (docs: machines/overview).
         if machine.state not in ("started", "starting", "created", "failed", "suspended"):
             return
         await self._record(machine, "stop", "stopping", source="user")
         await self._release_backing(machine)
         await self._exit(
-            machine, final, exit_code=0, reason="stopped on request", requested=True, request=request
+            machine, "stopped", exit_code=0, reason="stopped on request", requested=True, request=request
         )
 
     async def _destroy(self, machine: EmulatedMachine) -> None:
