@@ -50,6 +50,24 @@ PREVIEW_ENDS = Counter(
 )
 
 # --- machines -------------------------------------------------------------------------------------
+POOL_MACHINES = Gauge(
+    "velocity_pool_machines",
+    "Warm-pool machines by state (provisioning, booting, ready, claimed)",
+    ["state"],
+    registry=REGISTRY,
+)
+POOL_CLAIMS = Counter(
+    "velocity_pool_claims_total",
+    "Creates that asked the warm pool: warm (the dev server kept), installed (dependencies differed), "
+    "empty (none ready) or failed (the machine was destroyed and one created)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+POOL_BOOT_FAILURES = Counter(
+    "velocity_pool_boot_failures_total",
+    "Pooled machines that did not boot the template",
+    registry=REGISTRY,
+)
 MACHINES = Gauge(
     "velocity_machines",
     "Machines of ours by provider, region and state",

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from velocity.clock import Clock, SystemClock
 from velocity.domain import ConfigError, DatabaseUnavailable, Preview, Unavailable
 from velocity.egress import CALLER_HEADER
 from velocity.loops import LoopMonitor, Replica, run_maintenance, supervise
+from velocity.loops.pool import run_pool
 from velocity.loops.webhooks import Webhooks
 from velocity.providers.base import MachineProvider
 from velocity.realtime import RealtimeHub
@@ -35,6 +37,7 @@ from velocity.service import AgentClient, PreviewService, ProjectService
 from velocity.service.access import PreviewAccess
 from velocity.service.channels import ChannelAccess, client_key, from_previews
 from velocity.service.events import PreviewEvents
+from velocity.service.pool import WarmPool, load_template
 from velocity.service.rows import RecentRows
 from velocity.settings import ProviderKind, Settings
 from velocity.store import Store
@@ -116,6 +119,10 @@ def make_provider(settings: Settings) -> MachineProvider:
     return FlyProvider.from_settings(settings, agent_route=settings.fly_agent_route)
 
 
+# The pool's template when WARM_POOL_TEMPLATE is unset: the example this repository previews.
+BUNDLED_TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "react-vite"
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -172,7 +179,25 @@ class Runtime:
         monitor = LoopMonitor(clock, instance_id(settings))
         replica = Replica(store, clock, monitor, interval=settings.cleanup_interval_seconds)
         rows = RecentRows(store)  # what the router reads per request, shared by access and routing
+        pool = None
+        if settings.warm_pool_size > 0:
+            template = await asyncio.to_thread(
+                load_template,
+                settings.warm_pool_template or BUNDLED_TEMPLATE,
+                max_bytes=settings.max_project_bytes,
+            )
+            pool = WarmPool(
+                store=store,
+                provider=provider,
+                agents=agents,
+                issuer=issuer,
+                settings=settings,
+                clock=clock,
+                instance=monitor.instance,
+                template=template,
+            )
         previews = PreviewService(
+            pool=pool,
             rows=rows,
             store=store,
             provider=provider,
@@ -287,6 +312,8 @@ class Runtime:
                 self.previews, self.clock, self.replica, self.monitor, interval=interval
             ),
         }
+        if self.previews.pool is not None:
+            loops["pool"] = run_pool(self.previews.pool, self.store, self.clock, self.replica, self.monitor)
         if self.webhooks is not None:
             loops["webhooks"] = self.webhooks.run(self.replica, self.monitor)
         self._loops = asyncio.create_task(supervise(loops), name="loops")
@@ -300,6 +327,8 @@ class Runtime:
                 await self._loops
         if stop_previews:
             await self.previews.stop_all("the orchestrator is shutting down")
+            if self.previews.pool is not None:
+                await self.previews.pool.drain()
         with suppress(DatabaseUnavailable):
             await self.replica.leave()  # the others take over its previews at once
         await self.previews.close()

@@ -141,6 +141,26 @@ class Settings(BaseSettings):
         "(locally the cgroup freezer; on Fly `suspend`, or a stop above 2 GB), or stop it for good",
     )
 
+    # --- Warm pool -------------------------------------------------------------------------------
+    warm_pool_size: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="WARM_POOL_SIZE: machines booted ahead with the template's dev server running "
+        "(per region on Fly), each claimed by one new preview; 0: none",
+    )
+    warm_pool_template: Path | None = Field(
+        None,
+        description="WARM_POOL_TEMPLATE: the project directory pooled machines boot (its dependencies "
+        "installed, its dev server running); the bundled examples/react-vite when unset",
+    )
+    max_machines: int = Field(
+        100,
+        ge=1,
+        description="MAX_MACHINES: the warm pool refills only while fewer machines of ours exist "
+        "(previews' and pooled), protecting the bill",
+    )
+
     # --- Supabase (seed guide) -------------------------------------------------------------------
     supabase_url: str | None = Field(
         None, description="SUPABASE_URL: Realtime and Auth base URL; the embedded hub when unset"

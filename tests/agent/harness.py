@@ -41,11 +41,14 @@ def project_files(**overrides: bytes) -> dict[str, bytes]:
 
 
 class SnapshotServer:
-    """Answers ``GET /snapshot.tgz`` with a tarball, only to the agent's bearer token (``token``)."""
+    """Answers ``GET /snapshot.tgz`` with a tarball, only to the agent's bearer token (``token``);
+    other paths answer what ``routes`` maps them to (token, tarball)."""
 
     def __init__(self) -> None:
         self.token = TOKEN
         self.body = tarball(project_files())
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.paths: list[str] = []
         self.authorizations: list[str] = []
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -65,10 +68,13 @@ class SnapshotServer:
         headers = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
         authorization = headers.get("Authorization", "")
         self.authorizations.append(authorization)
-        if authorization != f"Bearer {self.token}":
+        path = head[0].split(" ")[1] if " " in head[0] else ""
+        self.paths.append(path)
+        token, served = self.routes.get(path, (self.token, self.body))
+        if authorization != f"Bearer {token}":
             status, body, kind = "401 Unauthorized", b"bad token\n", "text/plain"
         else:
-            status, body, kind = "200 OK", self.body, "application/gzip"
+            status, body, kind = "200 OK", served, "application/gzip"
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body

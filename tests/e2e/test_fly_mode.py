@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import EXAMPLE, emulated_fly, live_orchestrator
+from tests.e2e.test_pool import pool_ready
 from velocity.domain import PreviewState
 
 pytestmark = pytest.mark.e2e
@@ -73,3 +74,25 @@ async def test_an_idle_fly_preview_is_suspended_and_a_request_resumes_it(npm_cac
         calls = fly.emulator.stats.calls
         assert (calls["create"], calls["suspend"], calls["start"]) == (1, 1, 1)
         assert (await live.api.get(f"/v1/previews/{ready['id']}")).json()["state"] == "ready"
+
+
+async def test_a_fly_preview_claims_a_pooled_machine_whose_metadata_becomes_the_preview_s(
+    npm_cache: Path,
+) -> None:
+    """With WARM_POOL_SIZE=1 the leader creates one machine through the API ahead of any preview; a
+    create then claims it: no second create call, the machine's Fly metadata names the preview
+    (one PATCH), and the preview serves the project."""
+    async with (
+        emulated_fly(npm_cache=npm_cache) as fly,
+        live_orchestrator(npm_cache=npm_cache, warm_pool_size=1, **fly.settings()) as live,
+    ):
+        await pool_ready(live)
+        (entry,) = await live.running.runtime.store.list_pooled()
+        assert fly.emulator.stats.calls["create"] == 1
+        ready = await live.started(EXAMPLE, "example")
+        assert ready["machine_id"] == entry.machine_id
+        machine = fly.emulator.fleet.machines[ready["machine_id"]]
+        assert machine.config["metadata"]["velocity_preview_id"] == ready["id"]
+        app = await live.fetch(ready["id"], "/src/App.jsx")
+        assert app.status_code == 200
+        assert "Hello from Velocity" in app.text

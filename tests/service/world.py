@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 import httpx
@@ -27,15 +28,25 @@ class Agents:
     health_calls: int = 0
     asked: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first health check
     lines: list[str] = field(default_factory=lambda: ["vite ready", "GET /"])
+    # Claims taken by pooled machines' agents: (machine host, the claim's body).
+    claims: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    refuse_claims: bool = False
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/__velocity/claim":
+            if self.refuse_claims:
+                return httpx.Response(409, json={"error": "conflict", "message": "claimed already"})
+            self.claims.append((request.url.host, json.loads(request.content)))
+            return httpx.Response(200, json={"state": "ready", "dependencies_changed": False})
         if request.url.path == "/__velocity/logs":
             return httpx.Response(200, json={"lines": [{"stream": "stdout", "line": x} for x in self.lines]})
         self.health_calls += 1
         self.asked.set()
         if self.state is None:
             raise httpx.ConnectError("agent socket not there yet", request=request)
-        body = {"state": self.state, "detail": self.detail, "protocol": 1}
+        # Every machine says it is pooled until a claim names it (a preview's own ignores that).
+        pooled = all(host != request.url.host for host, _ in self.claims)
+        body = {"state": self.state, "detail": self.detail, "protocol": 1, "pooled": pooled}
         return httpx.Response(200 if self.state != "failed" else 503, json=body)
 
 

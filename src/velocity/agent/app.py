@@ -1,4 +1,5 @@
-"""The agent's HTTP surface: ``/health``, ``/__velocity/logs``, and the dev server behind everything else.
+"""The agent's HTTP surface: ``/health``, ``/__velocity/logs``, a pooled machine's
+``/__velocity/claim``, and the dev server behind everything else.
 
 A plain ASGI callable rather than a framework app: the agent answers its first ``/health`` sooner
 without importing one. The reverse proxy (and with it httpx) loads in a thread once the server is up;
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs
 from velocity.agent.logs import CAPACITY, LogBuffer
 from velocity.agent.state import AgentState, Status
 from velocity.domain.agent_contract import ORIGIN_HEADER
-from velocity.domain.errors import AgentError, BadRequest
+from velocity.domain.errors import AgentError, BadRequest, Forbidden, PreviewError
 
 if TYPE_CHECKING:
     from velocity.proxy import ReverseProxy, Upstream
@@ -30,6 +31,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 HEALTH_PATH = "/health"
 LOGS_PATH = "/__velocity/logs"
+CLAIM_PATH = "/__velocity/claim"
+MAX_CLAIM_BYTES = 16 * 1024
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 120.0
 DEFAULT_TAIL = 200
@@ -38,6 +41,9 @@ PROXY_WAIT_SECONDS = 30.0
 
 
 _ORIGIN = ORIGIN_HEADER.encode()
+
+# Takes a claim's body, answers what the agent became (``runtime``, ``claim``).
+ClaimHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
 async def _refuse_stranger(scope: Scope, send: Send) -> None:
@@ -72,6 +78,15 @@ class AgentApp:
         self._upstream_class: type[Upstream] | None = None
         self._upstream: Upstream | None = None
         self._proxy_loaded = asyncio.Event()
+        self._claim: ClaimHandler | None = None
+
+    def on_claim(self, handler: ClaimHandler) -> None:
+        """Accept ``POST /__velocity/claim`` (a pooled machine) with ``handler``."""
+        self._claim = handler
+
+    def set_origin_secret(self, secret: str) -> None:
+        """From now on only ``secret`` opens the agent (a claimed machine: the preview's)."""
+        self._origin_secret = secret.encode()
 
     async def load_proxy(self) -> None:
         """Import the proxy off the event loop; until then requests for the app wait."""
@@ -100,6 +115,9 @@ class AgentApp:
                 await _refuse_stranger(scope, send)
                 return
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != _ORIGIN]}
+        if kind == "http" and scope["path"] == CLAIM_PATH:
+            await self._take_claim(scope, receive, send)
+            return
         if kind == "http" and scope["path"] in (HEALTH_PATH, LOGS_PATH):
             try:
                 await self._own_endpoint(scope, send)
@@ -114,6 +132,22 @@ class AgentApp:
                 await _json(send, 503, {"error": "agent_error", "message": self._status.detail})
             return
         await self._proxy(scope, receive, send)
+
+    async def _take_claim(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            body = {"error": "method_not_allowed", "message": f"{CLAIM_PATH} answers POST only"}
+            await _json(send, 405, body, [(b"allow", b"POST")])
+            return
+        try:
+            if self._claim is None:
+                raise Forbidden("this machine is not pooled: it serves its own preview and takes no claim")
+            if self._origin_secret is None:
+                raise Forbidden("a claim needs the orchestrator's origin secret, and this agent has none")
+            answer = await self._claim(await _body(receive, MAX_CLAIM_BYTES))
+        except PreviewError as exc:
+            await _json(send, exc.status_code, {"error": exc.code, "message": exc.message})
+            return
+        await _json(send, 200, answer)
 
     def _from_orchestrator(self, scope: Scope) -> bool:
         assert self._origin_secret is not None
@@ -155,6 +189,22 @@ class AgentApp:
             # Vite answers only to the hosts it knows: 127.0.0.1 always passes its check.
             self._upstream = self._upstream_class(f"http://127.0.0.1:{port}", host_header=f"127.0.0.1:{port}")
         return self._upstream
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the request ended before its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _number(

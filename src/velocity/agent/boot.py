@@ -28,6 +28,7 @@ class Boot:
     install_started: float = 0.0
     fetch_ms: float | None = None
     error: str | None = None  # the preview failed before there was anything to supervise
+    template: bytes | None = None  # a pooled machine's snapshot, which a claim swaps out
 
 
 def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
@@ -49,6 +50,8 @@ def boot(config: AgentConfig, logs: LogBuffer) -> Boot:
             began = time.monotonic()
             data = fetch(config.snapshot_url, config.token)
             members = extract(data, config.workspace)
+            if config.pooled:
+                result.template = data
             result.fetch_ms = round((time.monotonic() - began) * 1000, 1)
             logs.agent(f"snapshot: {members} entries, {len(data)} bytes in {result.fetch_ms:.0f} ms")
         command = install_command(config.workspace, os.environ)

@@ -27,6 +27,8 @@ CONTAINER_INTERNAL_PORT, PORT
                        need) when neither of the above is set (first one set wins; default 8080)
 AGENT_DEV_PORT         the dev server's port on 127.0.0.1; default: a free port, since local sandboxes
                        share the host's network and fixed ports would collide
+AGENT_POOLED           "1": a warm-pool machine; PROJECT_ID and SNAPSHOT_URL name the pool's template,
+                       and the agent waits for a claim (``claim``) naming the preview it will serve
 AGENT_LINGER_SECONDS   how long a failed agent keeps answering ``/health`` before exiting, so that a
                        poller can read why (default 2)
 NPM_CONFIG_CACHE       read by npm itself: the provider's shared npm cache
@@ -65,6 +67,7 @@ class AgentConfig:
     port: int
     dev_port: int | None
     linger_seconds: float
+    pooled: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentConfig:
@@ -103,6 +106,7 @@ class AgentConfig:
             port=port,
             dev_port=dev_port,
             linger_seconds=_seconds(env, "AGENT_LINGER_SECONDS", DEFAULT_LINGER_SECONDS),
+            pooled=_pooled(env, snapshot_url),
         )
 
     def prepare_workspace(self) -> None:
@@ -128,6 +132,17 @@ def _inherited_fd(env: Mapping[str, str], name: str) -> int | None:
     if not raw.isdigit() or int(raw) < 3:
         raise ConfigError(f"{name} must be the number of an inherited file descriptor, not {raw!r}")
     return int(raw)
+
+
+def _pooled(env: Mapping[str, str], snapshot_url: str | None) -> bool:
+    raw = env.get("AGENT_POOLED", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(f"AGENT_POOLED must be 1 (a warm-pool machine) or 0, not {raw[:20]!r}")
+    if raw == "1" and snapshot_url is None:
+        raise ConfigError(
+            "AGENT_POOLED=1 needs SNAPSHOT_URL: the pool's template, and the server claims fetch from"
+        )
+    return raw == "1"
 
 
 def _port(env: Mapping[str, str], name: str) -> int:

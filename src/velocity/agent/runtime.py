@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from velocity.agent.app import AgentApp
+from velocity.agent.app import AgentApp, ClaimHandler
 from velocity.agent.boot import Boot
+from velocity.agent.claim import Claim, snapshot_url, swap_in
 from velocity.agent.config import AgentConfig
 from velocity.agent.context import AgentContext, Extension
 from velocity.agent.exits import ExitCode
@@ -19,7 +21,7 @@ from velocity.agent.sealing import SealReport
 from velocity.agent.state import AgentState, Status
 from velocity.agent.supervisor import Supervisor
 from velocity.agent.workspace import Workspace
-from velocity.domain.errors import PreviewError
+from velocity.domain.errors import Conflict, PreviewError
 
 
 async def run(
@@ -31,7 +33,7 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    status = Status(config.project_id, started=started)
+    status = Status(config.project_id, started=started, pooled=config.pooled)
     status.timings.fetch_ms = boot.fetch_ms
     supervisor = Supervisor(
         config.workspace,
@@ -63,8 +65,17 @@ async def run(
     status.timings.serve_ms = Status.elapsed_ms(started)
     logs.agent(f"serving on {config.listen_on} after {status.timings.serve_ms:.0f} ms")
     loader = asyncio.create_task(app.load_proxy())
-    context = AgentContext(config, status, logs, Workspace(config.workspace), supervisor)
-    running = [asyncio.create_task(_guarded(extension, context)) for extension in extensions]
+    running: list[asyncio.Task[Any]] = []
+
+    def start_extensions(config: AgentConfig) -> None:
+        context = AgentContext(config, status, logs, Workspace(config.workspace), supervisor)
+        running.extend(asyncio.create_task(_guarded(extension, context)) for extension in extensions)
+
+    if config.pooled:
+        # A pooled machine syncs nothing until it knows its preview.
+        app.on_claim(_claimer(config, boot, status, logs, app, supervisor, running, start_extensions))
+    else:
+        start_extensions(config)
 
     code = await _until_done(supervising, stopping)
     if code is not ExitCode.OK and not stopping.is_set():
@@ -82,6 +93,72 @@ async def run(
         await _cancel(task)
     await app.aclose()
     return code
+
+
+def _claimer(
+    config: AgentConfig,
+    boot: Boot,
+    status: Status,
+    logs: LogBuffer,
+    app: AgentApp,
+    supervisor: Supervisor,
+    running: list[asyncio.Task[Any]],
+    start_extensions: Callable[[AgentConfig], None],
+) -> ClaimHandler:
+    """The handler of the one claim a pooled agent takes (``claim``)."""
+    lock = asyncio.Lock()
+
+    async def take(body: bytes) -> dict[str, Any]:
+        claim = Claim.parse(body)
+        async with lock:
+            if not status.pooled:
+                raise Conflict("this machine was claimed already: it serves one preview, once")
+            if status.state is not AgentState.READY:
+                raise Conflict(f"this machine is not ready to be claimed (state: {status.state})")
+            # A pooled agent was configured with its template's URL, and booted it (``config``).
+            assert config.snapshot_url is not None and boot.template is not None
+            url = snapshot_url(config.snapshot_url, claim.project_id)
+            swapped = await asyncio.to_thread(swap_in, claim, url, config.workspace, boot.template)
+            # Whatever happens next, this machine has the user's files: it is pooled no more.
+            status.pooled = False
+            os.environ.update(claim.environment)
+            app.set_origin_secret(claim.origin_secret)
+            status.project_id = claim.project_id
+            claimed = replace(
+                config,
+                project_id=claim.project_id,
+                snapshot_url=url,
+                token=claim.token,
+                origin_secret=claim.origin_secret,
+                pooled=False,
+            )
+            status.timings.fetch_ms = swapped.fetch_ms
+            restart = swapped.dependencies_changed or swapped.config_changed
+            how = (
+                "installing what differs"
+                if swapped.dependencies_changed
+                else "restarting the dev server for its configuration"
+                if swapped.config_changed
+                else "the dev server kept"
+            )
+            logs.agent(
+                f"claimed by preview {claim.preview_id} of project {claim.project_id}: "
+                f"{swapped.members} entries in, {swapped.removed} of the template's files out, {how}"
+            )
+            if restart:
+                status.set_state(AgentState.STARTING, f"claimed: {how}")
+                running.append(
+                    asyncio.create_task(supervisor.restart(reinstall=swapped.dependencies_changed))
+                )
+            start_extensions(claimed)
+            status.notify()
+            return {
+                "state": status.state.value,
+                "dependencies_changed": swapped.dependencies_changed,
+                "restarted": restart,
+            }
+
+    return take
 
 
 async def _until_done(supervising: asyncio.Task[ExitCode] | None, stopping: asyncio.Event) -> ExitCode:

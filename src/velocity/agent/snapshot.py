@@ -71,6 +71,21 @@ def fetch(url: str, token: str | None) -> bytes:
         delay = min(delay * 2, 1.0)
 
 
+def _already(archive: tarfile.TarFile, member: tarfile.TarInfo, destination: Path) -> bool:
+    """The member is a file whose bytes the destination holds already (checked without following a
+    link: only the agent has written there)."""
+    if not member.isfile():
+        return False
+    target = destination / member.name
+    try:
+        if target.is_symlink() or target.stat().st_size != member.size:
+            return False
+        reader = archive.extractfile(member)
+        return reader is not None and reader.read() == target.read_bytes()
+    except OSError:
+        return False
+
+
 def _shared(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     """Python's data filter, then the group's write bit back on files and directories: the project's
     user shares the agent's group and must be able to change what the snapshot holds (Next.js
@@ -81,8 +96,10 @@ def _shared(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     return kept
 
 
-def extract(data: bytes, destination: Path) -> int:
-    """Unpack a (gzip) tarball into ``destination``; returns the number of members."""
+def extract(data: bytes, destination: Path, *, keep_unchanged: bool = False) -> int:
+    """Unpack a (gzip) tarball into ``destination``; returns the number of members. With
+    ``keep_unchanged`` a file whose bytes are already there is not written again (a running dev
+    server's watcher sees only what changed)."""
     root = str(destination)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
@@ -96,6 +113,8 @@ def extract(data: bytes, destination: Path) -> int:
                 if member.name.startswith("/"):
                     raise BadRequest(f"the snapshot was refused: {member.name[:80]!r} is an absolute path")
                 tarfile.data_filter(member, root)
+            if keep_unchanged:
+                members = [m for m in members if not _already(archive, m, destination)]
             archive.extractall(root, members=members, filter=_shared)
     except tarfile.FilterError as exc:
         raise BadRequest(f"the snapshot was refused: {exc}") from exc

@@ -65,6 +65,7 @@ class Status:
     timings: Timings = field(default_factory=Timings)
     last_activity: float | None = None
     closing: bool = False
+    pooled: bool = False  # a warm-pool machine waiting for a claim (``claim``)
     changes: int = 0  # counts notifications: a watcher compares it to see whether anything changed
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -113,6 +114,7 @@ class Status:
             "agent_version": AGENT_VERSION,
             "protocol": PROTOCOL,
             "project_id": self.project_id,
+            "pooled": self.pooled,
             "state": self.state.value,
             "detail": self.detail,
             "dev_server": {

@@ -285,6 +285,22 @@ def create_api(
         return ProjectList(projects=[ProjectOut.of(p) for p in await projects.list_projects(who)])
 
     @app.get(
+        "/v1/pool/template",
+        response_class=Response,
+        tags=["projects"],
+        responses={200: {"content": {"application/gzip": {}}}},
+    )
+    async def pool_template(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Response:
+        """The warm pool's template, for the agents of the machines it boots (a pool token)."""
+        if credentials is None or previews.pool is None:
+            raise Forbidden("the pool's template is for the agents of machines the pool is booting")
+        who = await verifier.verify(credentials.credentials)
+        data = await previews.pool.template_for(who)
+        return Response(content=data, media_type="application/gzip")
+
+    @app.get(
         "/v1/projects/{project_id}/snapshot",
         response_class=Response,
         tags=["projects"],

@@ -102,6 +102,27 @@ class Preview:
         return self.state in LIVE_STATES
 
 
+class PoolState(enum.StrEnum):
+    PROVISIONING = "provisioning"  # row written, machine being made
+    BOOTING = "booting"  # machine up, the template's dev server not serving yet
+    READY = "ready"  # claimable
+    CLAIMED = "claimed"  # taken by a preview, until the preview records the machine as its own
+
+
+@dataclass(frozen=True, slots=True)
+class PooledMachine:
+    """A warm-pool machine: booted ahead of any preview with the pool's template, claimed once."""
+
+    key: str
+    state: PoolState
+    instance: str  # the replica that made it
+    created_at: datetime
+    updated_at: datetime
+    machine_id: str | None = None
+    region: str | None = None
+    preview_id: str | None = None  # the preview that claimed it
+
+
 @dataclass(frozen=True, slots=True)
 class Project:
     """A project whose snapshot the orchestrator serves to agents (locally it holds the files)."""

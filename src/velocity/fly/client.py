@@ -341,6 +341,12 @@ class FlyClient:
         path = self._machines(machine_id, "metadata", key)
         await self._call("metadata", "POST", path, key=machine_id, json={"value": value}, expect=(200, 204))
 
+    async def patch_metadata(self, machine_id: str, changes: dict[str, str]) -> None:
+        """Set the keys ``changes`` names in one call; the others stay (``PATCH .../metadata``)."""
+        path = self._machines(machine_id, "metadata")
+        body = {"metadata": changes}
+        await self._call("metadata", "PATCH", path, key=machine_id, json=body, expect=(200, 204))
+
     async def delete_metadata(self, machine_id: str, key: str) -> None:
         path = self._machines(machine_id, "metadata", key)
         await self._call("metadata", "DELETE", path, key=machine_id, expect=(200, 204))

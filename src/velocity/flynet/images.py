@@ -170,6 +170,10 @@ class ImageMachines:
         await podman("stop", "--time", str(int(timeout)), container.name, timeout=timeout + 30)
         await self.wait(machine_id, state=MachineState.STOPPED, timeout=30)
 
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        container = self._containers[machine_id]
+        container.machine = replace(container.machine, metadata={**container.machine.metadata, **metadata})
+
     async def suspend(self, machine_id: str) -> bool:
         """``podman pause``: the container's cgroup frozen, as the local provider freezes a sandbox."""
         container = self._containers[machine_id]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,8 +53,11 @@ def verdict(preview: Preview, now: datetime, limits: Limits) -> Verdict | None:
     return None
 
 
-def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) -> list[Machine]:
-    """Machines of ours that no live preview owns: each is money burning."""
+def machines_to_destroy(
+    machines: Iterable[Machine], live: Iterable[Preview], *, pooled: Collection[str] = ()
+) -> list[Machine]:
+    """Machines of ours that no live preview owns and the warm pool does not hold (``pooled``: its
+    entries' keys): each is money burning."""
     live = list(live)
     owned = {p.machine_id for p in live if p.machine_id}
     # A machine whose preview is live but has no machine recorded yet is being created right now. One
@@ -67,6 +70,7 @@ def machines_to_destroy(machines: Iterable[Machine], live: Iterable[Preview]) ->
         if not m.state.is_gone
         and m.id not in owned
         and m.metadata.get("velocity_preview_id") not in being_created
+        and m.metadata.get("velocity_pool") not in pooled
     ]
 
 

@@ -16,6 +16,8 @@ META_PROJECT_ID = "project_id"
 META_INSTANCE = "velocity_instance"
 META_CREATE_TAG = "velocity_create_tag"
 META_OWNER = "velocity_owner"
+# A warm-pool machine's pool key (``service.pool``); a claimed one gets a preview's keys besides.
+META_POOL = "velocity_pool"
 OWNER_VALUE = "velocity-previews"
 
 # States that end a wait for ``stopped``: the machine no longer runs.
@@ -72,6 +74,11 @@ class MachineProvider(Protocol):
     async def resume(self, machine_id: str) -> None:
         """Run a suspended machine again, from its memory where the backend kept it (Fly may boot it
         afresh instead); returns once it runs."""
+        ...
+
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        """A warm-pool machine now serves a preview: add ``metadata`` (its preview, user and project)
+        to the machine's own, so that listings and the reconciler know it as that preview's."""
         ...
 
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:

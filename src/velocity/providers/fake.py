@@ -119,6 +119,11 @@ class FakeProvider:
         await self.get(machine_id)
         await self.set_state(machine_id, MachineState.STARTED)
 
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        self.calls.append(("assign", machine_id))
+        machine = await self.get(machine_id)
+        self._machines[machine_id] = replace(machine, metadata={**machine.metadata, **metadata})
+
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         self.calls.append(("destroy", machine_id))
         if machine_id in self._machines:

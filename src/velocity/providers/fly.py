@@ -160,6 +160,13 @@ class FlyProvider:
         await self.client.start_machine(machine_id)
         await self.wait(machine_id, state=MachineState.STARTED, timeout=60)
 
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        """One ``PATCH .../metadata`` (keys it names change, the rest stay)."""
+        await self.client.patch_metadata(machine_id, dict(metadata))
+        known = self._known.get(machine_id)
+        if known is not None:
+            self._remember(replace(known, metadata={**known.metadata, **metadata}))
+
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         self._emulated_endpoints.pop(machine_id, None)
         self._known.pop(machine_id, None)

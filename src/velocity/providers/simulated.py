@@ -128,6 +128,10 @@ class SimulatedProvider:
         await self._set(record, MachineState.SUSPENDED)
         return True
 
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        record = self._record(machine_id)
+        record.machine = replace(record.machine, metadata={**record.machine.metadata, **metadata})
+
     async def resume(self, machine_id: str) -> None:
         record = self._record(machine_id)
         if record.machine.state != MachineState.SUSPENDED:

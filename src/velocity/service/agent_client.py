@@ -70,6 +70,23 @@ class AgentClient:
             raw=body,
         )
 
+    async def claim(self, endpoint: AgentEndpoint, body: dict[str, str]) -> dict[str, Any]:
+        """Hand a pooled machine's agent its preview (``agent.claim``); what it became."""
+        try:
+            response = await self._client(endpoint).post(
+                f"{endpoint.base_url}/__velocity/claim", json=body, headers=dict(endpoint.headers)
+            )
+        except httpx.HTTPError as exc:
+            raise AgentError(f"pooled agent unreachable: {type(exc).__name__}") from exc
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code != 200:
+            why = answer.get("message") or f"HTTP {response.status_code}"
+            raise AgentError(f"the pooled agent refused the claim: {why}")
+        return answer
+
     async def logs(self, endpoint: AgentEndpoint, *, tail: int = 200) -> list[dict[str, Any]]:
         try:
             response = await self._client(endpoint).get(

@@ -51,6 +51,8 @@ from velocity.providers.base import (
     MachineProvider,
 )
 from velocity.service.agent_client import AgentClient
+from velocity.service.machines import machine_spec
+from velocity.service.pool import Claimed, WarmPool
 from velocity.service.rows import RecentRows
 from velocity.service.tasks import TaskSet
 from velocity.settings import Settings
@@ -106,8 +108,10 @@ class PreviewService:
         clock: Clock,
         instance: str = "local",
         rows: RecentRows | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self._store = store
+        self.pool = pool
         self._provider = provider
         self._agents = agents
         self._issuer = issuer
@@ -462,45 +466,38 @@ class PreviewService:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def machine_spec(self, preview: Preview, *, cache_key: str | None = None) -> MachineSpec:
-        s = self._settings
-        token = self._issuer.mint_agent(
-            preview_id=preview.id, project_id=preview.project_id, ttl_seconds=s.lifetime_seconds + 600
-        )
+        token, origin_secret = self._credentials(preview)
         env = {
             "PROJECT_ID": preview.project_id,
             "PREVIEW_ID": preview.id,
-            "SNAPSHOT_URL": f"{s.orchestrator_url}/v1/projects/{preview.project_id}/snapshot",
+            "SNAPSHOT_URL": f"{self._settings.orchestrator_url}/v1/projects/{preview.project_id}/snapshot",
             "AGENT_TOKEN": token,
-            "AGENT_ORIGIN_SECRET": self._issuer.origin_secret(preview.id),
-            "CONTAINER_INTERNAL_PORT": str(s.container_internal_port),
-            # For the agent's own messages: "the machine has 512 MB; set CONTAINER_MEMORY_MB to ..."
-            "CONTAINER_MEMORY_MB": str(s.container_memory_mb),
-            "SUPABASE_URL": s.supabase_url or s.orchestrator_url,
-            "SUPABASE_ANON_KEY": s.supabase_anon_key.get_secret_value() if s.supabase_anon_key else "",
+            "AGENT_ORIGIN_SECRET": origin_secret,
         }
-        if s.preview_egress_allowlist is not None:
-            # A machine with a proxy of its own (a Fly machine's, ``agent.machine_egress``) decides by it.
-            env["PREVIEW_EGRESS_ALLOWLIST"] = ",".join(s.preview_egress_allowlist)
         metadata = {
             META_OWNER: OWNER_VALUE,
-            META_PREVIEW_ID: preview.id,
-            META_USER_ID: preview.user_id,
-            META_PROJECT_ID: preview.project_id,
+            **self._preview_metadata(preview),
             META_INSTANCE: self._instance,
             META_CREATE_TAG: f"{preview.id}-{secrets.token_hex(4)}",
         }
-        return MachineSpec(
-            cache_key=cache_key,
-            image=s.preview_container_image,
-            memory_mb=s.container_memory_mb,
-            disk_mb=s.container_disk_mb,
-            cpus=s.container_cpu_count,
-            cpu_kind=s.container_cpu_kind,
-            internal_port=s.container_internal_port,
-            env=env,
-            metadata=metadata,
-            region=s.fly_regions[0] if s.fly_regions else None,
+        return machine_spec(self._settings, env=env, metadata=metadata, cache_key=cache_key)
+
+    def _credentials(self, preview: Preview) -> tuple[str, str]:
+        """The agent token and origin secret of ``preview``'s machine."""
+        token = self._issuer.mint_agent(
+            preview_id=preview.id,
+            project_id=preview.project_id,
+            ttl_seconds=self._settings.lifetime_seconds + 600,
         )
+        return token, self._issuer.origin_secret(preview.id)
+
+    @staticmethod
+    def _preview_metadata(preview: Preview) -> dict[str, str]:
+        return {
+            META_PREVIEW_ID: preview.id,
+            META_USER_ID: preview.user_id,
+            META_PROJECT_ID: preview.project_id,
+        }
 
     async def _cache_key(self, preview: Preview) -> str | None:
         """Dependencies are shared only between previews of one owner: a sandbox can write to its
@@ -516,26 +513,43 @@ class PreviewService:
         # A burst of thousands queues here, in order, rather than as thousands of calls waiting
         # for the provider's and the database's connections until they time out.
         async with self._creating:
-            try:
-                spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
-                with metrics.MACHINE_CREATE.labels(self._provider.name).time():
-                    machine = await self._provider.create(spec)
-            except PreviewError as exc:
-                await self.fail(preview.id, f"could not create a machine: {exc.message}")
-                return
+            claimed = await self._claim_pooled(preview)
+            if claimed is not None:
+                machine = claimed.machine
+                how = "installing what differs" if claimed.dependencies_changed else "dev server running"
+                detail = f"pooled machine {machine.id} claimed ({how})"
+            else:
+                try:
+                    spec = self.machine_spec(preview, cache_key=await self._cache_key(preview))
+                    with metrics.MACHINE_CREATE.labels(self._provider.name).time():
+                        machine = await self._provider.create(spec)
+                except PreviewError as exc:
+                    await self.fail(preview.id, f"could not create a machine: {exc.message}")
+                    return
+                detail = f"machine {machine.id} created"
             booting = await self._update(
                 preview.id,
                 expect={PreviewState.PROVISIONING},
                 state=PreviewState.BOOTING,
                 machine_id=machine.id,
                 updated_at=self._clock.now(),
-                detail=f"machine {machine.id} created",
+                detail=detail,
             )
         logs.bind(machine_id=machine.id)
+        if claimed is not None and self.pool is not None:
+            await self.pool.recorded(claimed.entry)  # the preview's now, or destroyed just below
         if booting is None:  # deleted while the machine was being made
             await self._destroy(machine.id)
             return
         await self._await_ready(booting, machine)
+
+    async def _claim_pooled(self, preview: Preview) -> Claimed | None:
+        if self.pool is None:
+            return None
+        token, origin_secret = self._credentials(preview)
+        return await self.pool.claim(
+            preview, token=token, origin_secret=origin_secret, metadata=self._preview_metadata(preview)
+        )
 
     async def _await_ready(self, preview: Preview, machine: Machine) -> None:
         try:
@@ -783,9 +797,10 @@ class PreviewService:
         done = []
         machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
         live = await self._store.list_previews(states=LIVE_STATES)
+        pooled = await self.pool.kept() if self.pool is not None else set()
         done += await self._destroy_stuck(machines, live)
         destroyed = set()
-        for machine in machines_to_destroy(machines, live):
+        for machine in machines_to_destroy(machines, live, pooled=pooled):
             destroyed.add(machine.id)
             await self._destroy(machine.id)
             metrics.MAINTENANCE_ACTIONS.labels("destroy", "orphan").inc()
@@ -798,6 +813,8 @@ class PreviewService:
         # gone quiet (and of none) are this one's to finish.
         others = await self._store.live_instances(since=self._clock.now() - self.limits.replica_timeout)
         others.discard(self._instance)
+        if self.pool is not None:
+            done += await self.pool.reconcile(machines, replicas=others)
         for preview in live:
             if preview.owner in others:
                 continue
@@ -891,6 +908,8 @@ class PreviewService:
             metrics.PREVIEWS.labels(state.value).set(counts.get(state, 0))
         machines = await self._provider.list(metadata={META_OWNER: OWNER_VALUE})
         metrics.MACHINES.clear()
+        if self.pool is not None:
+            await self.pool.census()
         for machine in machines:
             metrics.MACHINES.labels(self._provider.name, machine.region, machine.state.value).inc()
         now = self._clock.now()
@@ -924,6 +943,8 @@ class PreviewService:
         # A database write cancelled half-way would leave its driver thread talking to a closed loop.
         await self._tasks.finish("touch:")
         await self._tasks.close()
+        if self.pool is not None:
+            await self.pool.close()
 
 
 async def require_live_agent(store: Store, *, preview_id: str | None, project_id: str | None) -> None:

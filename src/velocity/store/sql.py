@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
@@ -26,6 +27,8 @@ from velocity.domain import (
     DatabaseUnavailable,
     Forbidden,
     NotFound,
+    PooledMachine,
+    PoolState,
     Preview,
     PreviewEvent,
     PreviewState,
@@ -36,6 +39,7 @@ from velocity.domain import (
 from velocity.store.tables import (
     instances,
     leases,
+    pool_machines,
     preview_events,
     previews,
     projects,
@@ -353,6 +357,65 @@ class Store:
             return False  # another replica inserted it first
         return True
 
+    # --- warm pool ---------------------------------------------------------------------------------
+    @_whole
+    async def add_pooled(self, entry: PooledMachine) -> None:
+        async with self._writing() as conn:
+            await conn.execute(pool_machines.insert().values(_pooled_row(entry)))
+
+    @_whole
+    async def update_pooled(self, key: str, *, expect: PoolState, **changes: Any) -> bool:
+        """Change the pool entry ``key`` if it is still in state ``expect``; False otherwise (claimed,
+        or removed by the reconciler)."""
+        values = {k: v.value if isinstance(v, PoolState) else v for k, v in changes.items()}
+        query = (
+            pool_machines.update()
+            .where(pool_machines.c.key == key, pool_machines.c.state == expect.value)
+            .values(**values)
+        )
+        async with self._writing() as conn:
+            return bool((await conn.execute(query)).rowcount)
+
+    @_whole
+    async def remove_pooled(self, key: str) -> bool:
+        async with self._writing() as conn:
+            deleted = await conn.execute(pool_machines.delete().where(pool_machines.c.key == key))
+            return bool(deleted.rowcount)
+
+    @_whole
+    async def list_pooled(self) -> list[PooledMachine]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(pool_machines).order_by(pool_machines.c.created_at))
+            return [_pooled(row) for row in rows.mappings()]
+
+    @_whole
+    async def claim_pooled(
+        self, preview_id: str, *, now: datetime, regions: Collection[str | None] = ()
+    ) -> PooledMachine | None:
+        """Take a ready pool machine for ``preview_id``, preferring ``regions`` in their order, then
+        the oldest: one statement moves it from ready to claimed, so of two replicas claiming it at
+        once exactly one gets it."""
+        ranked = list(regions)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(pool_machines)
+                .where(pool_machines.c.state == PoolState.READY.value)
+                .order_by(pool_machines.c.created_at)
+                .limit(64)
+            )
+            candidates = [_pooled(row) for row in rows.mappings()]
+        candidates.sort(key=lambda e: ranked.index(e.region) if e.region in ranked else len(ranked))
+        for entry in candidates:
+            claim = (
+                pool_machines.update()
+                .where(pool_machines.c.key == entry.key, pool_machines.c.state == PoolState.READY.value)
+                .values(state=PoolState.CLAIMED.value, preview_id=preview_id, updated_at=now)
+            )
+            async with self._writing() as conn:
+                if (await conn.execute(claim)).rowcount:
+                    return replace(entry, state=PoolState.CLAIMED, preview_id=preview_id, updated_at=now)
+        return None
+
     # --- signed links -----------------------------------------------------------------------------
     @_whole
     async def use_link(self, jti: str, *, expires_at: datetime, now: datetime) -> bool:
@@ -603,6 +666,32 @@ def _preview(row: RowMapping) -> Preview:
         failure_reason=row["failure_reason"],
         failure_logs=tuple(row["failure_logs"] or ()),
         owner=row["owner"],
+    )
+
+
+def _pooled_row(entry: PooledMachine) -> dict[str, Any]:
+    return {
+        "key": entry.key,
+        "state": entry.state.value,
+        "machine_id": entry.machine_id,
+        "region": entry.region,
+        "preview_id": entry.preview_id,
+        "instance": entry.instance,
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+    }
+
+
+def _pooled(row: RowMapping) -> PooledMachine:
+    return PooledMachine(
+        key=row["key"],
+        state=PoolState(row["state"]),
+        machine_id=row["machine_id"],
+        region=row["region"],
+        preview_id=row["preview_id"],
+        instance=row["instance"],
+        created_at=_utc(row["created_at"]),
+        updated_at=_utc(row["updated_at"]),
     )
 
 

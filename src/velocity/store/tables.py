@@ -119,3 +119,18 @@ webhook_deliveries = sa.Table(
     sa.Column("delivered", sa.Boolean, nullable=False),
     sa.Column("final", sa.Boolean, nullable=False),
 )
+
+# The warm pool (velocity.service.pool): one row per machine booted ahead of any preview, from its
+# create until its preview records it; one statement decides which claim gets a ready machine.
+pool_machines = sa.Table(
+    "pool_machines",
+    metadata,
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # provisioning | booting | ready | claimed
+    sa.Column("machine_id", sa.String(64), nullable=True),
+    sa.Column("region", sa.String(32), nullable=True),
+    sa.Column("preview_id", sa.String(32), nullable=True),  # the preview that claimed it
+    sa.Column("instance", sa.String(128), nullable=False),  # the replica that made it
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,5 +1,6 @@
 // The dev server of the agent tests: plain HTTP plus a WebSocket echo, with no dependencies.
 const crypto = require("crypto");
+const fs = require("fs");
 const http = require("http");
 
 const port = Number(process.env.PORT);
@@ -12,6 +13,10 @@ const server = http.createServer((req, res) => {
   }
   if (req.url === "/pid") {
     res.end(String(process.pid));
+    return;
+  }
+  if (req.url === "/message") {
+    fs.readFile("message.txt", (error, data) => res.end(error ? "no message\n" : data));
     return;
   }
   if (req.url === "/env") {

@@ -4,7 +4,8 @@ Each sandbox gets a unix socket of its own for the proxy (``<machine>/egress/pro
 read-only at ``/run/egress``), so the proxy knows which preview calls without believing anything the
 preview says. Inside, the agent's bridge listens on 127.0.0.1:3128 and the proxy variables point there.
 The orchestrator gets a name that exists only through the proxy, ``orchestrator.velocity.internal``,
-mapped to the address it listens on and open for the preview's own snapshot and Realtime alone; the
+mapped to the address it listens on and open for the preview's own snapshot, the warm pool's template (which only a pool token opens)
+and Realtime alone; the
 provider rewrites ``SNAPSHOT_URL`` and ``SUPABASE_URL`` that point at the orchestrator to that name.
 """
 
@@ -36,6 +37,7 @@ DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 REWRITTEN = ("SNAPSHOT_URL", "SUPABASE_URL")
 ORCHESTRATOR_RULES = (
     PathRule(frozenset({"GET", "HEAD"}), r"/v1/projects/{project}/snapshot"),
+    PathRule(frozenset({"GET", "HEAD"}), r"/v1/pool/template"),  # for pooled machines' agents only
     PathRule(frozenset({"GET", "POST"}), r"/realtime/v1/[A-Za-z0-9_./-]*"),
 )
 

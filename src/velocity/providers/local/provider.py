@@ -347,6 +347,21 @@ class LocalSandboxProvider:
         await _until(lambda: not group.is_frozen(), timeout=FREEZE_TIMEOUT_SECONDS)
         await self._set(machine_id, state=MachineState.STARTED, updated_at=_now())
 
+    async def assign(self, machine_id: str, metadata: Mapping[str, str]) -> None:
+        """Record the preview's metadata, and answer the sandbox's egress for its project from now
+        on (the snapshot it fetches next is the project's, not the pool template's)."""
+        machine = await self.get(machine_id)
+        home = self._options.root / machine_id
+        record = self._record(machine_id)
+        merged = {**machine.metadata, **metadata}
+        project_id = metadata.get(META_PROJECT_ID)
+        if self._network is not None and project_id:
+            await self._network.open(machine_id, project_id, home / "egress")
+            record["egress_project"] = project_id
+        record["metadata"] = merged
+        _write_json(home / "machine.json", record)
+        await self._set(machine_id, metadata=merged)
+
     async def destroy(self, machine_id: str, *, force: bool = True) -> None:
         # One destroy of a sandbox at a time (a stop and a reconcile may ask at once); the second
         # finds it destroyed.
