@@ -52,6 +52,7 @@ OPERATIONS = [
     ("PUT", "/v1/projects/{project_id}"),
     ("GET", "/v1/projects"),
     ("GET", "/v1/projects/{project_id}/snapshot"),
+    ("GET", "/v1/pool/template"),
 ]
 # Nothing of these can be made invalid: negative generation has no input to break.
 NO_INPUT = {
