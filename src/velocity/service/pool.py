@@ -21,7 +21,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -298,7 +298,7 @@ class WarmPool:
     def _endpoint(self, key: str, machine: Machine) -> AgentEndpoint:
         endpoint = self._provider.endpoint(machine)
         secret = self._issuer.origin_secret(POOL_PREFIX + key)
-        return AgentEndpoint(endpoint.base_url, endpoint.uds, {**endpoint.headers, ORIGIN_HEADER: secret})
+        return replace(endpoint, headers={**endpoint.headers, ORIGIN_HEADER: secret})
 
     # --- upkeep ----------------------------------------------------------------------------------
     async def reconcile(self, machines: list[Machine], *, replicas: set[str]) -> list[str]:
